@@ -1,0 +1,122 @@
+// splitd: the split-tunnel daemon's command line. Thin: it parses arguments and wires
+// the libraries together.
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "api/interfaces_json.hpp"
+#include "common/log.hpp"
+#include "common/version.hpp"
+#include "daemon/interfaces_text.hpp"
+#include "iface/interface_cache.hpp"
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitUsage = 1;
+constexpr int kExitRuntime = 2;
+
+void usage(std::FILE* to) {
+  std::fputs(
+      "Usage: splitd <command> [options]\n"
+      "\n"
+      "Commands:\n"
+      "  interfaces [--json] [--physical NAME] [--tunnel NAME] [--watch]\n"
+      "                 show the interface cache: which interface is physical (per family)\n"
+      "                 and which is the tunnel; --watch prints it again on every change\n"
+      "  version        version and build information\n"
+      "  help           this text\n",
+      to);
+}
+
+int cmd_version() {
+  std::printf("splitd %s (git %s, %s build, %s)\n", splitd::kVersion, splitd::kGitRevision,
+              splitd::kBuildType, splitd::kCompiler);
+  return kExitOk;
+}
+
+int cmd_interfaces(const std::vector<std::string_view>& args) {
+  bool json = false;
+  bool watch = false;
+  splitd::iface::SelectionConfig selection;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const auto arg = args[i];
+    const auto value = [&](const char* flag) -> std::string {
+      if (i + 1 >= args.size()) {
+        std::fprintf(stderr, "splitd interfaces: %s needs an interface name\n", flag);
+        std::exit(kExitUsage);
+      }
+      return std::string(args[++i]);
+    };
+    if (arg == "--json") json = true;
+    else if (arg == "--watch") watch = true;
+    else if (arg == "--physical") selection.physical = value("--physical");
+    else if (arg == "--tunnel") selection.tunnel = value("--tunnel");
+    else {
+      std::fprintf(stderr, "splitd interfaces: unknown option '%.*s'\n",
+                   static_cast<int>(arg.size()), arg.data());
+      usage(stderr);
+      return kExitUsage;
+    }
+  }
+  if (selection.physical == "auto") selection.physical.clear();
+  if (selection.tunnel == "auto") selection.tunnel.clear();
+
+  auto cache = splitd::iface::InterfaceCache::open(selection);
+  if (!cache) {
+    std::fprintf(stderr, "splitd: cannot read interfaces over rtnetlink: %s\n",
+                 cache.error().message().c_str());
+    return kExitRuntime;
+  }
+  const auto print = [json](const splitd::iface::InterfaceSnapshot& snap) {
+    const std::string text =
+        json ? splitd::api::interfaces_json(snap, 2) + "\n"
+             : splitd::daemon::interfaces_text(snap);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  };
+  print(*(*cache)->snapshot());
+  if (!watch) return kExitOk;
+
+  // Block the stop signals before the watcher thread starts so only sigwait sees them.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  (*cache)->subscribe([&print, json](const auto& snap) {
+    if (!json) std::fputs("\n--- changed ---\n", stdout);
+    print(*snap);
+  });
+  (*cache)->start();
+  int sig = 0;
+  sigwait(&stop, &sig);
+  (*cache)->stop();
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string_view> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    usage(stderr);
+    return kExitUsage;
+  }
+  const auto cmd = args.front();
+  args.erase(args.begin());
+  if (cmd == "interfaces") return cmd_interfaces(args);
+  if (cmd == "version" || cmd == "--version") return cmd_version();
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    usage(stdout);
+    return kExitOk;
+  }
+  std::fprintf(stderr, "splitd: unknown command '%.*s'\n", static_cast<int>(cmd.size()),
+               cmd.data());
+  usage(stderr);
+  return kExitUsage;
+}
