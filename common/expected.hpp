@@ -37,3 +37,23 @@ class Expected {
 };
 
 }  // namespace splitd
+
+namespace splitd {
+
+// Success or an error, for operations without a result.
+template <typename E>
+class Expected<void, E> {
+ public:
+  Expected() = default;
+  Expected(Unexpected<E> e) : error_(std::move(e.error)), ok_(false) {}  // NOLINT
+
+  bool has_value() const { return ok_; }
+  explicit operator bool() const { return ok_; }
+  const E& error() const { return error_; }
+
+ private:
+  E error_{};
+  bool ok_ = true;
+};
+
+}  // namespace splitd

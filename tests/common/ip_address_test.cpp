@@ -47,3 +47,49 @@ TEST(IpAddress, MappedAndBytes) {
 
 }  // namespace
 }  // namespace splitd
+
+#include "common/cidr.hpp"
+
+namespace splitd {
+namespace {
+
+TEST(Cidr, ParseNormalisesAndContains) {
+  auto c = *Cidr::parse("192.168.1.77/16");
+  EXPECT_EQ(c.to_string(), "192.168.0.0/16");
+  EXPECT_TRUE(c.contains(*IpAddress::parse("192.168.255.1")));
+  EXPECT_TRUE(c.contains(*IpAddress::parse("::ffff:192.168.3.4")));
+  EXPECT_FALSE(c.contains(*IpAddress::parse("192.169.0.1")));
+  EXPECT_FALSE(c.contains(*IpAddress::parse("2001:db8::1")));
+  EXPECT_EQ(c.last().to_string(), "192.168.255.255");
+  EXPECT_EQ(Cidr::parse("203.0.113.10")->to_string(), "203.0.113.10/32");
+  EXPECT_EQ(Cidr::parse("2001:db8::1/32")->to_string(), "2001:db8::/32");
+  EXPECT_EQ(Cidr::parse("fe80::/10")->last().to_string(), "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+  EXPECT_EQ(Cidr::parse("::ffff:10.0.0.0/104")->to_string(), "10.0.0.0/8");
+  auto all = *Cidr::parse("0.0.0.0/0");
+  EXPECT_TRUE(all.contains(*IpAddress::parse("255.1.2.3")));
+  EXPECT_EQ(all.last().to_string(), "255.255.255.255");
+  auto host6 = *Cidr::parse("2001:db8::10/128");
+  EXPECT_TRUE(host6.contains(*IpAddress::parse("2001:db8::10")));
+  EXPECT_FALSE(host6.contains(*IpAddress::parse("2001:db8::11")));
+  EXPECT_TRUE(Cidr::parse("10.1.2.3/9")->contains(*IpAddress::parse("10.127.0.1")));
+  EXPECT_FALSE(Cidr::parse("10.1.2.3/9")->contains(*IpAddress::parse("10.128.0.1")));
+}
+
+TEST(Cidr, Errors) {
+  std::string err;
+  EXPECT_FALSE(Cidr::parse("10.0.0.0/33", &err));
+  EXPECT_EQ(err, "prefix length 33 exceeds 32");
+  EXPECT_FALSE(Cidr::parse("10.0.0.0/", &err));
+  EXPECT_EQ(err, "prefix length '' is not a number");
+  EXPECT_FALSE(Cidr::parse("10.0.0.0/8x", &err));
+  EXPECT_FALSE(Cidr::parse("10.0.0/8", &err));
+  EXPECT_EQ(err, "'10.0.0' is not an IPv4 or IPv6 address");
+  EXPECT_FALSE(Cidr::parse("::/129", &err));
+  EXPECT_EQ(err, "prefix length 129 exceeds 128");
+  EXPECT_FALSE(Cidr::parse("", &err));
+  EXPECT_FALSE(Cidr::parse("/8", &err));
+  EXPECT_FALSE(Cidr::parse("1.2.3.4/-1", &err));
+}
+
+}  // namespace
+}  // namespace splitd
