@@ -1,5 +1,7 @@
 #include "iface/interface_snapshot.hpp"
 
+#include "fakes/interface_fixtures.hpp"
+
 #include <gtest/gtest.h>
 #include <linux/if_addr.h>
 #include <linux/rtnetlink.h>
@@ -9,64 +11,13 @@
 namespace splitd::iface {
 namespace {
 
-constexpr std::uint32_t kUpRunning = IFF_UP | IFF_RUNNING;
+using fakes::addr;
+using fakes::ip;
+using fakes::kUpRunning;
+using fakes::link;
+using fakes::route;
 
-IpAddress ip(const char* text) { return *IpAddress::parse(text); }
-
-LinkEvent link(std::uint32_t index, const char* name, const char* kind, std::uint32_t flags,
-               std::uint16_t type = ARPHRD_ETHER) {
-  LinkMsg l;
-  l.index = index;
-  l.name = name;
-  l.kind = kind;
-  l.flags = flags;
-  l.type = type;
-  l.mtu = 1500;
-  if (type == ARPHRD_ETHER) l.hwaddr = {0x02, 0, 0, 0, 0, static_cast<std::uint8_t>(index)};
-  return {false, l};
-}
-
-AddrEvent addr(std::uint32_t index, const char* address, std::uint8_t len,
-               std::uint8_t scope = RT_SCOPE_UNIVERSE, std::uint32_t flags = 0) {
-  return {false, AddrMsg{index, ip(address), len, scope, flags}};
-}
-
-RouteEvent route(const char* dst, std::uint8_t len, std::uint32_t oif, std::uint32_t metric,
-                 const char* gw = nullptr, std::uint32_t table = RT_TABLE_MAIN) {
-  RouteMsg r;
-  r.dst = ip(dst);
-  r.family = r.dst.family();
-  r.dst_len = len;
-  r.oif = oif;
-  r.metric = metric;
-  r.table = table;
-  r.type = RTN_UNICAST;
-  if (gw) r.gateway = ip(gw);
-  return {false, r};
-}
-
-// The lab's host namespace: lo, phys0 (veth) with default routes, tun0.
-NetlinkState lab_host(bool vpn_routes) {
-  NetlinkState s;
-  s.apply(link(1, "lo", "", kUpRunning | IFF_LOOPBACK, ARPHRD_LOOPBACK));
-  s.apply(link(2, "phys0", "veth", kUpRunning));
-  s.apply(link(3, "tun0", "tun", kUpRunning | IFF_POINTOPOINT | IFF_NOARP, ARPHRD_NONE));
-  s.apply(addr(1, "127.0.0.1", 8, RT_SCOPE_HOST));
-  s.apply(addr(2, "fe80::1", 64, RT_SCOPE_LINK));
-  s.apply(addr(2, "198.18.1.2", 24));
-  s.apply(addr(2, "2001:db8:ff:1::2", 64));
-  s.apply(addr(3, "198.18.2.2", 24));
-  s.apply(addr(3, "2001:db8:ff:2::2", 64));
-  s.apply(route("0.0.0.0", 0, 2, 100, "198.18.1.1"));
-  s.apply(route("::", 0, 2, 100, "2001:db8:ff:1::1"));
-  if (vpn_routes) {
-    s.apply(route("0.0.0.0", 1, 3, 0));
-    s.apply(route("128.0.0.0", 1, 3, 0));
-    s.apply(route("::", 1, 3, 0));
-    s.apply(route("8000::", 1, 3, 0));
-  }
-  return s;
-}
+NetlinkState lab_host(bool vpn_routes) { return fakes::lab_host_state(vpn_routes); }
 
 TEST(InterfaceSnapshot, LabHostSelection) {
   for (bool vpn : {false, true}) {
