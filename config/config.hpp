@@ -1,0 +1,107 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/cidr.hpp"
+#include "common/expected.hpp"
+#include "common/ip_address.hpp"
+#include "common/log.hpp"
+#include "decider/decider.hpp"
+
+namespace splitd::config {
+
+using Duration = std::chrono::milliseconds;
+
+struct DaemonSection {
+  std::string api_socket = "/run/splitd/api.sock";
+  std::string api_listen;  // "" = no TCP listener
+  std::string api_token_file = "/etc/splitd/api.token";
+  std::string state_dir = "/var/lib/splitd";
+  log::Level log_level = log::Level::kInfo;
+};
+
+struct InterfacesSection {
+  std::string physical = "auto";
+  std::string tunnel = "auto";
+};
+
+struct ProxySection {
+  std::uint16_t port = 15001;
+  std::uint32_t max_sessions = 100000;
+  Duration connect_timeout = std::chrono::seconds(10);
+  Duration idle_timeout = std::chrono::minutes(5);
+  Duration udp_idle_timeout = std::chrono::seconds(60);
+};
+
+struct FirewallSection {
+  std::uint32_t mark = 0x5d1;
+  std::uint32_t bypass_mark = 0x5d2;
+  std::uint32_t route_table = 1501;
+  bool ipv6 = true;
+  std::vector<Cidr> never_intercept;  // defaults filled by Config's constructor
+  decider::OnTunnelDown on_tunnel_down = decider::OnTunnelDown::kBlock;
+};
+
+struct AppRule {
+  std::string name;
+  std::string cgroup;
+  std::string comm;
+  std::string path;
+};
+
+struct SplitSection {
+  decider::Mode mode = decider::Mode::kExclude;
+  std::vector<std::string> domains;
+  std::vector<Cidr> ips;
+  std::vector<AppRule> apps;
+};
+
+struct DnsSection {
+  bool enabled = true;
+  std::vector<IpAddress> servers;
+  std::vector<IpAddress> direct_servers;
+  Duration cache_ttl = std::chrono::minutes(5);
+  std::uint16_t intercept_port = 53;
+};
+
+// splitd's whole configuration (SPEC.md "Configuration"). A default-constructed Config
+// holds the built-in defaults.
+struct Config {
+  Config();
+  std::string source;  // file it came from, "" for built-in defaults
+  DaemonSection daemon;
+  InterfacesSection interfaces;
+  ProxySection proxy;
+  FirewallSection firewall;
+  SplitSection split;
+  DnsSection dns;
+};
+
+// One problem in a config file, printed as `FILE:LINE:COL: error: MESSAGE`.
+struct Diagnostic {
+  std::string file;
+  std::uint32_t line = 0;
+  std::uint32_t column = 0;
+  std::string message;
+  std::string to_string() const;
+};
+using Diagnostics = std::vector<Diagnostic>;
+
+// Parses TOML text. Every problem found is reported, not just the first (a syntax error
+// stops parsing, since nothing after it can be trusted).
+Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file_name);
+// Reads and parses a file; an unreadable file is one diagnostic at 0:0.
+Expected<Config, Diagnostics> load_file(const std::string& path);
+
+// "10s", "5m", "1h", "250ms", "1d"; nullopt for anything else (no bare numbers).
+std::optional<Duration> parse_duration(std::string_view text);
+std::string format_duration(Duration d);
+
+// One line: what the config does, for `splitd check` and the startup log.
+std::string summary(const Config& config);
+
+}  // namespace splitd::config

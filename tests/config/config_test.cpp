@@ -1,0 +1,183 @@
+#include "config/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+namespace splitd::config {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(Config, DefaultsMatchSpec) {
+  const Config c;
+  EXPECT_EQ(c.daemon.api_socket, "/run/splitd/api.sock");
+  EXPECT_EQ(c.daemon.log_level, log::Level::kInfo);
+  EXPECT_EQ(c.interfaces.physical, "auto");
+  EXPECT_EQ(c.proxy.port, 15001);
+  EXPECT_EQ(c.proxy.max_sessions, 100000u);
+  EXPECT_EQ(c.proxy.connect_timeout, 10s);
+  EXPECT_EQ(c.proxy.idle_timeout, 5min);
+  EXPECT_EQ(c.proxy.udp_idle_timeout, 60s);
+  EXPECT_EQ(c.firewall.mark, 0x5d1u);
+  EXPECT_EQ(c.firewall.bypass_mark, 0x5d2u);
+  EXPECT_EQ(c.firewall.route_table, 1501u);
+  EXPECT_TRUE(c.firewall.ipv6);
+  EXPECT_EQ(c.firewall.never_intercept.size(), 6u);
+  EXPECT_EQ(c.firewall.on_tunnel_down, decider::OnTunnelDown::kBlock);
+  EXPECT_EQ(c.split.mode, decider::Mode::kExclude);
+  EXPECT_EQ(c.split.ips.size(), 2u);
+  EXPECT_EQ(c.split.domains, (std::vector<std::string>{"*.local", "localhost"}));
+  EXPECT_EQ(c.dns.servers.size(), 2u);
+  EXPECT_EQ(c.dns.intercept_port, 53);
+  auto empty = parse("", "empty.toml");
+  ASSERT_TRUE(empty.has_value());
+  EXPECT_EQ(empty->proxy.port, 15001);
+}
+
+TEST(Config, FullExample) {
+  auto c = parse(R"(
+[daemon]
+api_socket = "/tmp/s.sock"
+api_listen = "127.0.0.1:7070"
+log_level = "debug"
+[interfaces]
+physical = "phys0"
+tunnel = "tun0"
+[proxy]
+port = 15555
+max_sessions = 5000
+connect_timeout = "2s"
+idle_timeout = "30s"
+udp_idle_timeout = "500ms"
+[firewall]
+mark = 0x100
+bypass_mark = 0x200
+route_table = 300
+ipv6 = false
+never_intercept = ["10.9.0.0/16"]
+on_tunnel_down = "direct"
+[split]
+mode = "include"
+domains = ["*.Example.COM.", "a.*.cdn.net"]
+ips = ["203.0.113.0/24", "2001:db8::10"]
+[[split.apps]]
+name = "Slack"
+comm = "slack"
+[dns]
+enabled = false
+servers = ["2001:db8::53"]
+cache_ttl = "1h"
+)", "full.toml");
+  ASSERT_TRUE(c.has_value()) << c.error().front().to_string();
+  EXPECT_EQ(c->daemon.log_level, log::Level::kDebug);
+  EXPECT_EQ(c->interfaces.tunnel, "tun0");
+  EXPECT_EQ(c->proxy.port, 15555);
+  EXPECT_EQ(c->proxy.udp_idle_timeout, 500ms);
+  EXPECT_EQ(c->firewall.mark, 0x100u);
+  EXPECT_FALSE(c->firewall.ipv6);
+  EXPECT_EQ(c->firewall.never_intercept.front().to_string(), "10.9.0.0/16");
+  EXPECT_EQ(c->firewall.on_tunnel_down, decider::OnTunnelDown::kDirect);
+  EXPECT_EQ(c->split.mode, decider::Mode::kInclude);
+  EXPECT_EQ(c->split.domains, (std::vector<std::string>{"*.example.com", "a.*.cdn.net"}));
+  EXPECT_EQ(c->split.ips.at(1).to_string(), "2001:db8::10/128");
+  ASSERT_EQ(c->split.apps.size(), 1u);
+  EXPECT_EQ(c->split.apps[0].comm, "slack");
+  EXPECT_FALSE(c->dns.enabled);
+  EXPECT_EQ(c->dns.cache_ttl, 1h);
+}
+
+struct Bad {
+  const char* toml;
+  std::uint32_t line, column;
+  const char* message;
+};
+
+class BadConfig : public ::testing::TestWithParam<Bad> {};
+
+TEST_P(BadConfig, ReportsPositionAndMessage) {
+  const Bad& b = GetParam();
+  auto c = parse(b.toml, "bad.toml");
+  ASSERT_FALSE(c.has_value()) << b.toml;
+  const Diagnostic& d = c.error().front();
+  EXPECT_EQ(d.file, "bad.toml");
+  EXPECT_EQ(d.line, b.line) << d.to_string();
+  EXPECT_EQ(d.column, b.column) << d.to_string();
+  EXPECT_EQ(d.message, b.message) << d.to_string();
+  EXPECT_EQ(d.to_string().rfind("bad.toml:" + std::to_string(b.line) + ":" + std::to_string(b.column) + ": error: ", 0), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, BadConfig,
+    ::testing::Values(
+        Bad{"[proxy]\nport = 70000\n", 2, 8, "proxy.port: 70000 is out of range (1 to 65535)"},
+        Bad{"[proxy]\nport = \"15001\"\n", 2, 8, "proxy.port: expected an integer from 1 to 65535, got a string"},
+        Bad{"[proxy]\nprot = 1\n", 2, 1, "unknown key 'proxy.prot'; allowed here: connect_timeout, idle_timeout, max_sessions, port, udp_idle_timeout"},
+        Bad{"[proxies]\n", 1, 2, "unknown key 'proxies'; sections are: daemon, dns, firewall, interfaces, proxy, split"},
+        Bad{"[proxy]\nconnect_timeout = 10\n", 2, 19, "proxy.connect_timeout: expected a duration like \"500ms\", \"10s\", \"5m\", \"1h\" from 100ms to 5m, got an integer"},
+        Bad{"[proxy]\nconnect_timeout = \"10 s\"\n", 2, 19, "proxy.connect_timeout: '10 s' is not a duration like \"500ms\", \"10s\", \"5m\", \"1h\" from 100ms to 5m"},
+        Bad{"[proxy]\nidle_timeout = \"0s\"\n", 2, 16, "proxy.idle_timeout: 0s is out of range (100ms to 7d)"},
+        Bad{"[split]\nmode = \"inclusive\"\n", 2, 8, "split.mode: 'inclusive' is not one of \"exclude\", \"include\""},
+        Bad{"[split]\nips = [\"10.0.0.0/33\"]\n", 2, 8, "split.ips[0]: prefix length 33 exceeds 32"},
+        Bad{"[split]\nips = [\"10.0.0.0/8\", \"nope\"]\n", 2, 22, "split.ips[1]: 'nope' is not an IPv4 or IPv6 address"},
+        Bad{"[split]\nips = \"10.0.0.0/8\"\n", 2, 7, "split.ips: expected an array of strings, got a string"},
+        Bad{"[split]\nips = [42]\n", 2, 8, "split.ips[0]: expected a string, got an integer"},
+        Bad{"[split]\ndomains = [\"ex*ample.com\"]\n", 2, 12, "split.domains[0]: 'ex*ample.com': '*' must be a whole label, as in \"*.example.com\""},
+        Bad{"[split]\ndomains = [\"a..b\"]\n", 2, 12, "split.domains[0]: 'a..b' has an empty or overlong label"},
+        Bad{"[split]\ndomains = [\"bücher.de\"]\n", 2, 12, "split.domains[0]: 'bücher.de' has a character that is not allowed in a domain ('\xc3'); write IDNs in punycode (xn--…)"},
+        Bad{"[firewall]\nmark = 0\n", 2, 8, "firewall.mark: 0 is out of range (0x1 to 0xffffffff)"},
+        Bad{"[firewall]\nmark = 5\nbypass_mark = 5\n", 3, 15, "firewall.bypass_mark: must differ from firewall.mark (5)"},
+        Bad{"[firewall]\nroute_table = 254\n", 2, 15, "firewall.route_table: 254 is a system table (default, main, local); pick another"},
+        Bad{"[firewall]\non_tunnel_down = \"allow\"\n", 2, 18, "firewall.on_tunnel_down: 'allow' is not one of \"block\", \"direct\""},
+        Bad{"[firewall]\nipv6 = \"yes\"\n", 2, 8, "firewall.ipv6: expected true or false, got a string"},
+        Bad{"[interfaces]\nphysical = \"eth0/1\"\n", 2, 12, "interfaces.physical: 'eth0/1' is not an interface name (no '/', ':' or spaces)"},
+        Bad{"[interfaces]\ntunnel = \"averyveryverylongname\"\n", 2, 10, "interfaces.tunnel: 'averyveryverylongname' is not an interface name (1 to 15 characters, or \"auto\")"},
+        Bad{"[daemon]\nlog_level = \"verbose\"\n", 2, 13, "daemon.log_level: 'verbose' is not one of \"trace\", \"debug\", \"info\", \"warn\", \"error\""},
+        Bad{"[daemon]\nstate_dir = \"var/lib\"\n", 2, 13, "daemon.state_dir: 'var/lib' must be an absolute path"},
+        Bad{"[daemon]\napi_listen = \"localhost\"\n", 2, 14, "daemon.api_listen: 'localhost' must be ADDRESS:PORT, e.g. \"127.0.0.1:7070\""},
+        Bad{"[dns]\nservers = [\"1.1.1\"]\n", 2, 12, "dns.servers[0]: '1.1.1' is not an IPv4 or IPv6 address"},
+        Bad{"proxy = 5\n", 1, 9, "'proxy' must be a table ([proxy]), got an integer"},
+        Bad{"[[split.apps]]\ncomm = \"slack\"\n", 1, 1, "split.apps[0]: 'name' is required"},
+        Bad{"[[split.apps]]\nname = \"x\"\n", 1, 1, "split.apps[0]: give at least one of 'cgroup', 'comm', 'path'"},
+        Bad{"[proxy\nport = 1\n", 1, 7, "TOML syntax: Error while parsing table header: expected ']', saw '\\n'"}));
+
+TEST(Config, AllProblemsReportedAtOnce) {
+  auto c = parse("[proxy]\nport = 0\nmax_sessions = -1\n[split]\nmode = 1\nips = [\"x\", \"10.0.0.0/99\"]\n[bogus]\n",
+                 "many.toml");
+  ASSERT_FALSE(c.has_value());
+  ASSERT_EQ(c.error().size(), 6u);
+  std::vector<std::uint32_t> lines;
+  for (const auto& d : c.error()) lines.push_back(d.line);
+  EXPECT_EQ(lines, (std::vector<std::uint32_t>{7, 3, 2, 6, 6, 5}));
+}
+
+TEST(Config, Durations) {
+  EXPECT_EQ(parse_duration("250ms"), 250ms);
+  EXPECT_EQ(parse_duration("10s"), 10s);
+  EXPECT_EQ(parse_duration("5m"), 5min);
+  EXPECT_EQ(parse_duration("1h"), 1h);
+  EXPECT_EQ(parse_duration("2d"), 48h);
+  for (const char* bad : {"", "s", "10", "10 s", "-1s", "1.5s", "10sec", "99999999999s"}) {
+    EXPECT_FALSE(parse_duration(bad).has_value()) << bad;
+  }
+  EXPECT_EQ(format_duration(90s), "90s");
+  EXPECT_EQ(format_duration(1500ms), "1500ms");
+  EXPECT_EQ(format_duration(120min), "2h");
+}
+
+TEST(Config, LoadFileErrors) {
+  auto missing = load_file("/nonexistent/splitd.toml");
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().front().to_string(),
+            "/nonexistent/splitd.toml:0:0: error: cannot read: No such file or directory");
+  const std::string path = ::testing::TempDir() + "/splitd-config-test.toml";
+  std::ofstream(path) << "[split]\nmode = \"include\"\n";
+  auto ok = load_file(path);
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(ok->split.mode, decider::Mode::kInclude);
+  EXPECT_EQ(ok->source, path);
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace splitd::config
