@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds splitd and runs every test: unit tests and the end-to-end tests in network
+# namespaces (lab tests need root; without it they are reported as skipped).
+#
+#   deploy/test.sh                    # RelWithDebInfo build in build/, warnings as errors
+#   deploy/test.sh --sanitize address # ASan+UBSan build in build-asan/
+#   deploy/test.sh --sanitize thread  # TSan build in build-tsan/
+#   deploy/test.sh --all              # the plain build, then the ASan+UBSan build (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sanitize=""
+all=0
+while (($#)); do
+  case $1 in
+    --sanitize) sanitize=${2:?--sanitize needs address or thread}; shift 2 ;;
+    --all) all=1; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown option $1" >&2; exit 1 ;;
+  esac
+done
+
+if [[ $(id -u) -eq 0 ]]; then
+  bash deploy/install-deps.sh
+else
+  echo "test.sh: not root: not installing packages, lab tests will be skipped" >&2
+fi
+
+run_suite() {
+  local kind=$1 dir opts=()
+  case $kind in
+    plain) dir=build ;;
+    address) dir=build-asan; opts=(-DSPLITD_SANITIZE_ADDRESS=ON) ;;
+    thread) dir=build-tsan; opts=(-DSPLITD_SANITIZE_THREAD=ON) ;;
+    *) echo "test.sh: unknown sanitizer '$kind' (address|thread)" >&2; exit 1 ;;
+  esac
+  echo "=== build ($kind) in $dir"
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPLITD_WERROR=ON "${opts[@]}" >/dev/null
+  cmake --build "$dir" -j"$(nproc)"
+  echo "=== tests ($kind)"
+  # Sanitizer reports must fail the test that triggered them.
+  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+  UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+    ctest --test-dir "$dir" --output-on-failure -j2 --timeout 600
+}
+
+leftovers() {
+  # Labs of this run must all be gone; labs of dead owners are reaped first.
+  [[ $(id -u) -eq 0 ]] || return 0
+  bash tests/lab/lab.sh reap >/dev/null 2>&1 || true
+  local left
+  left=$(ip netns list 2>/dev/null | awk '$1 ~ /^sd(lab|fw)-/ {print $1}')
+  if [[ -n $left ]]; then
+    echo "test.sh: namespaces left behind by the tests: $left" >&2
+    return 1
+  fi
+}
+
+if ((all)); then
+  run_suite plain
+  run_suite address
+elif [[ -n $sanitize ]]; then
+  run_suite "$sanitize"
+else
+  run_suite plain
+fi
+leftovers
+echo "test.sh: all suites passed"
