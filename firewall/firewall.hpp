@@ -1,0 +1,99 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/cidr.hpp"
+#include "common/expected.hpp"
+
+namespace splitd::firewall {
+
+// What the interception footprint looks like ([firewall] and [proxy] port of the config).
+struct FirewallConfig {
+  std::uint32_t mark = 0x5d1;         // fwmark on intercepted packets
+  std::uint32_t bypass_mark = 0x5d2;  // SO_MARK of splitd's own upstream sockets: never intercepted
+  std::uint32_t route_table = 1501;   // policy routing table holding `local default dev lo`
+  std::uint32_t rule_priority = 1501;  // priority of the `fwmark MARK lookup TABLE` ip rules
+  std::uint16_t port = 15001;          // TPROXY port (TCP and UDP)
+  bool ipv6 = true;                    // false: IPv6 packets are neither marked nor routed
+  bool intercept_tcp = true;
+  bool intercept_udp = false;
+  std::vector<Cidr> never_intercept = default_never_intercept();
+
+  // 127.0.0.0/8, ::1/128, 169.254.0.0/16, fe80::/10, 224.0.0.0/4, ff00::/8.
+  static std::vector<Cidr> default_never_intercept();
+};
+
+enum class FirewallErrorCode {
+  kInvalidConfig,  // a value the footprint cannot take (port 0, mark 0, mark == bypass_mark, ...)
+  kPermission,     // EPERM/EACCES: needs CAP_NET_ADMIN in this network namespace
+  kUnsupported,    // the kernel lacks a feature (an nft expression, IPv6, policy routing)
+  kKernel,         // the kernel refused an object for another reason (errno in the message)
+  kNetlink,        // socket or protocol trouble: open/send/receive failed, bad or missing reply
+};
+
+// message names the object that failed and what to do, e.g.
+// "rule 'intercept TCP' in chain output: Operation not supported".
+struct FirewallError {
+  FirewallErrorCode code = FirewallErrorCode::kNetlink;
+  std::string message;
+};
+
+const char* to_string(FirewallErrorCode code);
+
+// What the daemon drives; tests of the daemon substitute a fake.
+class FirewallBackend {
+ public:
+  virtual ~FirewallBackend() = default;
+  virtual Expected<void, FirewallError> install(const FirewallConfig& config) = 0;
+  virtual Expected<void, FirewallError> remove() = 0;
+  virtual bool installed() const = 0;
+};
+
+// splitd's kernel footprint in one network namespace: `table inet splitd` (one atomic
+// nfnetlink batch per change) plus, per family, the ip rule `fwmark MARK lookup TABLE` and
+// the route `local default dev lo table TABLE`. Routes and rules carry the route protocol
+// kRouteProtocol, which is how leftovers of a crashed run (even with another mark, table
+// or priority) are found and how remove() deletes exactly splitd's own.
+//
+// One per network namespace. open() binds its netlink sockets to the calling thread's
+// network namespace; afterwards any one thread at a time may use it (not thread-safe).
+// The destructor leaves the footprint in place: call remove() on orderly shutdown.
+class Firewall final : public FirewallBackend {
+ public:
+  // rtm_protocol / FRA_PROTOCOL of splitd's routes and rules (`proto 93` in `ip rule`,
+  // `ip route`; unassigned in iproute2's rt_protos).
+  static constexpr std::uint8_t kRouteProtocol = 93;
+
+  static Expected<std::unique_ptr<Firewall>, FirewallError> open();
+  ~Firewall() override;
+  Firewall(const Firewall&) = delete;
+  Firewall& operator=(const Firewall&) = delete;
+
+  // Removes leftovers (stale table, rules, routes of a crashed run or of another config)
+  // and creates the footprint for `config`. Idempotent: installing twice gives the same
+  // state, without duplicates. The nftables table is replaced atomically. On failure
+  // nothing of splitd's is left behind (best effort) and the error names the object.
+  Expected<void, FirewallError> install(const FirewallConfig& config) override;
+
+  // Removes table inet splitd and every rule and route of splitd's (kRouteProtocol), in
+  // both families. Succeeds if they are already gone.
+  Expected<void, FirewallError> remove() override;
+
+  // Whether `table inet splitd` exists right now (asks the kernel; false on errors, which
+  // are logged). For self-repair after another program deleted the table.
+  bool installed() const override;
+
+  static std::vector<Cidr> default_never_intercept() {
+    return FirewallConfig::default_never_intercept();
+  }
+
+ private:
+  struct Impl;
+  explicit Firewall(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace splitd::firewall

@@ -1,0 +1,135 @@
+#include "firewall/ruleset.hpp"
+
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_conntrack_tuple_common.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/rtnetlink.h>
+#include <netinet/in.h>
+
+#include <string>
+
+namespace splitd::firewall {
+namespace {
+
+FirewallError invalid(std::string message) {
+  return FirewallError{FirewallErrorCode::kInvalidConfig, "[firewall] " + std::move(message)};
+}
+
+}  // namespace
+
+std::string to_hex(std::uint32_t v) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  do {
+    out.insert(out.begin(), kDigits[v & 0xf]);
+    v >>= 4;
+  } while (v != 0);
+  return "0x" + out;
+}
+
+Expected<void, FirewallError> validate(const FirewallConfig& c) {
+  if (c.mark == 0) return unexpected(invalid("mark must not be 0 (0 means unmarked)"));
+  if (c.bypass_mark == 0)
+    return unexpected(invalid("bypass_mark must not be 0 (0 means unmarked)"));
+  if (c.mark == c.bypass_mark) {
+    return unexpected(
+        invalid("mark and bypass_mark must differ (both are " + to_hex(c.mark) + ")"));
+  }
+  if (c.port == 0) return unexpected(invalid("proxy port must not be 0"));
+  if (c.route_table == RT_TABLE_UNSPEC ||
+      (c.route_table >= RT_TABLE_COMPAT && c.route_table <= RT_TABLE_LOCAL)) {
+    return unexpected(invalid("route_table " + std::to_string(c.route_table) +
+                              " is reserved (0, 252 compat, 253 default, 254 main, 255 local)"));
+  }
+  // 0 is the `lookup local` rule; 32766 and later are main and default, which marked
+  // packets must never reach first.
+  if (c.rule_priority == 0 || c.rule_priority >= 32766) {
+    return unexpected(invalid("rule priority " + std::to_string(c.rule_priority) +
+                              " must be between 1 and 32765 (before `lookup main`)"));
+  }
+  return {};
+}
+
+NftBatch install_batch(const FirewallConfig& c) {
+  NftBatch b(kTableName);
+  // Replace atomically: the first add makes the delete succeed whether or not a table
+  // (a crashed run's, or the current one) exists.
+  b.add_table();
+  b.delete_table();
+  b.add_table("managed by splitd (split tunnelling); removed when splitd stops");
+  b.add_interval_set("never4", IpAddress::Family::kV4, c.never_intercept);
+  if (c.ipv6) b.add_interval_set("never6", IpAddress::Family::kV6, c.never_intercept);
+
+  // Locally generated packets: mark what splitd intercepts, so the ip rule sends them to
+  // the `local default dev lo` table and they come back in through lo. A `route` chain
+  // re-routes a packet whose mark changed.
+  b.add_chain("output", "route", NF_INET_LOCAL_OUT, NF_IP_PRI_MANGLE);
+  b.add_rule(
+      "output",
+      std::move(
+          NftRule("splitd's own sockets (bypass mark)").meta_mark_eq(c.bypass_mark).accept()));
+  b.add_rule(
+      "output",
+      std::move(
+          NftRule("replies of inbound connections").ct_direction_eq(IP_CT_DIR_REPLY).accept()));
+  b.add_rule("output", std::move(NftRule("marked by other software").meta_mark_neq(0).accept()));
+  b.add_rule(
+      "output",
+      std::move(NftRule("local, broadcast, multicast destinations")
+                    .fib_daddr_type_in({RTN_LOCAL, RTN_BROADCAST, RTN_ANYCAST, RTN_MULTICAST})
+                    .accept()));
+  b.add_rule(
+      "output",
+      std::move(
+          NftRule("never_intercept").daddr_in_set(IpAddress::Family::kV4, "never4").accept()));
+  if (c.ipv6) {
+    b.add_rule(
+        "output",
+        std::move(
+            NftRule("never_intercept").daddr_in_set(IpAddress::Family::kV6, "never6").accept()));
+  }
+  const auto intercept = [&](const char* comment, std::uint8_t proto) {
+    NftRule r(comment);
+    if (!c.ipv6) r.nfproto_eq(NFPROTO_IPV4);
+    r.l4proto_in({proto}).set_mark(c.mark);
+    b.add_rule("output", std::move(r));
+  };
+  if (c.intercept_tcp) intercept("intercept TCP", IPPROTO_TCP);
+  if (c.intercept_udp) intercept("intercept UDP", IPPROTO_UDP);
+
+  // The marked packets coming back through lo: those of an established transparent
+  // socket (the proxy's accepted connections, UDP reply sockets) go straight to it, the
+  // rest to the proxy listener. tproxy is only possible in prerouting.
+  b.add_chain("prerouting", "filter", NF_INET_PRE_ROUTING, NF_IP_PRI_MANGLE);
+  std::vector<std::uint8_t> protos;
+  if (c.intercept_tcp) protos.push_back(IPPROTO_TCP);
+  if (c.intercept_udp) protos.push_back(IPPROTO_UDP);
+  if (!protos.empty()) {
+    b.add_rule("prerouting", std::move(NftRule("packets of established transparent sockets")
+                                           .iif_eq(kLoopbackIfindex)
+                                           .l4proto_in(protos)
+                                           .socket_transparent()
+                                           .set_mark(c.mark)
+                                           .accept()));
+  }
+  const auto tproxy = [&](const char* comment, std::uint8_t proto) {
+    b.add_rule("prerouting", std::move(NftRule(comment)
+                                           .iif_eq(kLoopbackIfindex)
+                                           .meta_mark_eq(c.mark)
+                                           .l4proto_in({proto})
+                                           .tproxy_to_port(c.port)
+                                           .accept()));
+  };
+  if (c.intercept_tcp) tproxy("to splitd's TCP proxy", IPPROTO_TCP);
+  if (c.intercept_udp) tproxy("to splitd's UDP proxy", IPPROTO_UDP);
+  return b;
+}
+
+NftBatch remove_batch() {
+  NftBatch b(kTableName);
+  b.add_table();
+  b.delete_table();
+  return b;
+}
+
+}  // namespace splitd::firewall

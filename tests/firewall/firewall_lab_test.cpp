@@ -1,0 +1,582 @@
+// The firewall against the real kernel, each test in a private network namespace it
+// creates and deletes. Needs root; skipped (with the reason) without it. Every test also
+// checks that the namespace it was started in (nft tables, ip rules, proto-93 routes)
+// is unchanged afterwards.
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/capability.h>
+#include <linux/netlink.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "common/fd.hpp"
+#include "firewall/firewall.hpp"
+#include "firewall/netlink_socket.hpp"
+#include "firewall/nft_batch.hpp"
+#include "firewall/nft_rule.hpp"
+#include "test_netns.hpp"
+
+namespace splitd::firewall {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::CommandResult;
+using testing::run;
+using testing::TestNetns;
+
+constexpr std::uint16_t kPort = 15001;
+
+std::size_t count(const std::string& haystack, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1))
+    ++n;
+  return n;
+}
+
+// ---- sockets used inside the namespace -------------------------------------------------
+
+sockaddr_storage make_addr(const std::string& ip, std::uint16_t port, socklen_t& len) {
+  sockaddr_storage ss{};
+  if (ip.find(':') == std::string::npos) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    inet_pton(AF_INET, ip.c_str(), &sin->sin_addr);
+    len = sizeof(sockaddr_in);
+  } else {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(port);
+    inet_pton(AF_INET6, ip.c_str(), &sin6->sin6_addr);
+    len = sizeof(sockaddr_in6);
+  }
+  return ss;
+}
+
+// "198.51.100.7:80", "[2001:db8:9::7]:80"; IPv4-mapped addresses shown as IPv4.
+std::string to_text(const sockaddr_storage& ss) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET) {
+    const auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &sin->sin_addr, buf, sizeof buf);
+    return std::string(buf) + ":" + std::to_string(ntohs(sin->sin_port));
+  }
+  const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+  if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+    inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], buf, sizeof buf);
+    return std::string(buf) + ":" + std::to_string(ntohs(sin6->sin6_port));
+  }
+  inet_ntop(AF_INET6, &sin6->sin6_addr, buf, sizeof buf);
+  return "[" + std::string(buf) + "]:" + std::to_string(ntohs(sin6->sin6_port));
+}
+
+std::string local_address(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+  return to_text(ss);
+}
+
+void set_int(int fd, int level, int opt, int value) {
+  ASSERT_EQ(::setsockopt(fd, level, opt, &value, sizeof value), 0)
+      << "setsockopt " << level << "/" << opt << ": " << std::strerror(errno);
+}
+
+// A dual-stack transparent listener on [::]:port, as splitd's proxy has.
+Fd transparent_listener(int type, std::uint16_t port) {
+  Fd fd(::socket(AF_INET6, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  EXPECT_TRUE(fd) << std::strerror(errno);
+  set_int(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 0);
+  set_int(fd.get(), SOL_IP, IP_TRANSPARENT, 1);
+  set_int(fd.get(), SOL_IPV6, IPV6_TRANSPARENT, 1);
+  set_int(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1);
+  if (type == SOCK_DGRAM) {
+    set_int(fd.get(), SOL_IP, IP_RECVORIGDSTADDR, 1);
+    set_int(fd.get(), SOL_IPV6, IPV6_RECVORIGDSTADDR, 1);
+  }
+  socklen_t len;
+  auto addr = make_addr("::", port, len);
+  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len), 0) << std::strerror(errno);
+  if (type == SOCK_STREAM) {
+    EXPECT_EQ(::listen(fd.get(), 16), 0);
+  }
+  return fd;
+}
+
+// Starts a non-blocking connect; `mark` sets SO_MARK first.
+Fd start_connect(const std::string& ip, std::uint16_t port,
+                 std::optional<std::uint32_t> mark = {}) {
+  socklen_t len;
+  auto addr = make_addr(ip, port, len);
+  Fd fd(::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  EXPECT_TRUE(fd);
+  if (mark) set_int(fd.get(), SOL_SOCKET, SO_MARK, static_cast<int>(*mark));
+  const int rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), len);
+  EXPECT_TRUE(rc == 0 || errno == EINPROGRESS) << "connect " << ip << ": " << std::strerror(errno);
+  return fd;
+}
+
+// The connection accepted on `listener` within `timeout`, or an invalid Fd.
+Fd accept_within(int listener, std::chrono::milliseconds timeout) {
+  pollfd p{listener, POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return Fd();
+  return Fd(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+}
+
+// Where a connection to ip:port ends up: "intercepted <original destination>" when the
+// transparent listener got it, "not intercepted" otherwise (within the timeout).
+std::string probe_tcp(int listener, const std::string& ip, std::uint16_t port,
+                      std::optional<std::uint32_t> mark = {},
+                      std::chrono::milliseconds timeout = 1000ms) {
+  Fd client = start_connect(ip, port, mark);
+  Fd accepted = accept_within(listener, timeout);
+  if (!accepted) return "not intercepted";
+  return "intercepted " + local_address(accepted.get());
+}
+
+// ---- the fixture ------------------------------------------------------------------------
+
+class FirewallLab : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (auto why = testing::netns_unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+    root_before_ = root_state();
+    std::string error;
+    ns_ = TestNetns::create(&error);
+    ASSERT_TRUE(ns_) << error;
+  }
+
+  void TearDown() override {
+    fw_.reset();
+    ns_.reset();
+    if (!root_before_.empty()) {
+      EXPECT_EQ(root_state(), root_before_) << "the tests changed the namespace they run in";
+    }
+  }
+
+  // What must stay untouched outside the test namespace.
+  static std::string root_state() {
+    return run("nft list tables").out + "--\n" + run("ip rule").out + "--\n" +
+           run("ip -6 rule").out + "--\n" + run("ip route show table all proto 93").out + "--\n" +
+           run("ip -6 route show table all proto 93").out;
+  }
+
+  std::unique_ptr<Firewall> open_firewall() {
+    std::unique_ptr<Firewall> fw;
+    ns_->run_inside([&] {
+      auto r = Firewall::open();
+      ASSERT_TRUE(r) << r.error().message;
+      fw = std::move(*r);
+    });
+    return fw;
+  }
+
+  void install(const FirewallConfig& config = {}) {
+    if (!fw_) fw_ = open_firewall();
+    ASSERT_TRUE(fw_);
+    auto r = fw_->install(config);
+    ASSERT_TRUE(r) << r.error().message;
+  }
+
+  std::string listing() const { return ns_->exec("nft list table inet splitd").out; }
+  std::string ip(const std::string& args) const { return ns_->exec("ip " + args).out; }
+
+  // A non-local network behind a veth (default routes for both families) so that
+  // connects to 198.51.100.7 / 2001:db8:9::7 find a route.
+  void add_uplink() {
+    const CommandResult r = ns_->exec(
+        "set -e; ip link add d0 type veth peer name d1; "
+        "ip addr add 198.18.9.1/24 dev d0; ip addr add 2001:db8:9::1/64 dev d0 nodad; "
+        "ip link set d0 up; ip link set d1 up; "
+        "ip route add default via 198.18.9.2; ip -6 route add default via 2001:db8:9::2");
+    ASSERT_EQ(r.status, 0) << r.out;
+  }
+
+  std::unique_ptr<TestNetns> ns_;
+  std::unique_ptr<Firewall> fw_;
+  std::string root_before_;
+};
+
+TEST_F(FirewallLab, InstallCreatesTableRulesAndRoutes) {
+  ASSERT_NO_FATAL_FAILURE(install());
+  const std::string t = listing();
+  for (const char* want : {
+           "table inet splitd {",
+           "set never4 {",
+           "type ipv4_addr",
+           "127.0.0.0/8",
+           "169.254.0.0/16",
+           "224.0.0.0/4",
+           "set never6 {",
+           "type ipv6_addr",
+           "fe80::/10",
+           "ff00::/8",
+           "chain output {",
+           "type route hook output priority mangle; policy accept;",
+           "meta mark 0x000005d2 accept comment \"splitd's own sockets (bypass mark)\"",
+           "ct direction reply accept comment \"replies of inbound connections\"",
+           "meta mark != 0x00000000 accept comment \"marked by other software\"",
+           "fib daddr type { local, broadcast, anycast, multicast } accept comment \"local, "
+           "broadcast, multicast destinations\"",
+           "ip daddr @never4 accept comment \"never_intercept\"",
+           "ip6 daddr @never6 accept comment \"never_intercept\"",
+           "meta l4proto tcp meta mark set 0x000005d1 comment \"intercept TCP\"",
+           "chain prerouting {",
+           "type filter hook prerouting priority mangle; policy accept;",
+           "iif \"lo\" meta l4proto tcp socket transparent 1 meta mark set 0x000005d1 accept "
+           "comment \"packets of established transparent sockets\"",
+           "iif \"lo\" meta mark 0x000005d1 meta l4proto tcp tproxy to :15001 accept comment \"to "
+           "splitd's TCP proxy\"",
+       }) {
+    EXPECT_NE(t.find(want), std::string::npos) << "missing: " << want << "\nin:\n" << t;
+  }
+  EXPECT_EQ(t.find("UDP"), std::string::npos) << t;
+
+  // What `nft list` prints, nft itself reads back.
+  const CommandResult check =
+      ns_->exec("nft list table inet splitd > /tmp/" + ns_->name() + ".nft && nft -c -f /tmp/" +
+                ns_->name() + ".nft; rc=$?; rm -f /tmp/" + ns_->name() + ".nft; exit $rc");
+  EXPECT_EQ(check.status, 0) << check.out;
+
+  EXPECT_EQ(count(ip("rule"), "1501:\tfrom all fwmark 0x5d1 lookup 1501 proto 93"), 1u)
+      << ip("rule");
+  EXPECT_EQ(count(ip("-6 rule"), "1501:\tfrom all fwmark 0x5d1 lookup 1501 proto 93"), 1u)
+      << ip("-6 rule");
+  EXPECT_NE(ip("route show table 1501").find("local default dev lo proto 93 scope host"),
+            std::string::npos)
+      << ip("route show table 1501");
+  EXPECT_NE(ip("-6 route show table 1501").find("local default dev lo proto 93"), std::string::npos)
+      << ip("-6 route show table 1501");
+  EXPECT_TRUE(fw_->installed());
+}
+
+TEST_F(FirewallLab, InstallTwiceGivesTheSameState) {
+  ASSERT_NO_FATAL_FAILURE(install());
+  const std::string table = listing();
+  const std::string rules4 = ip("rule"), rules6 = ip("-6 rule");
+  const std::string routes4 = ip("route show table 1501"), routes6 = ip("-6 route show table 1501");
+  ASSERT_NO_FATAL_FAILURE(install());
+  EXPECT_EQ(listing(), table);
+  EXPECT_EQ(ip("rule"), rules4);
+  EXPECT_EQ(ip("-6 rule"), rules6);
+  EXPECT_EQ(ip("route show table 1501"), routes4);
+  EXPECT_EQ(ip("-6 route show table 1501"), routes6);
+  EXPECT_EQ(count(ip("rule"), "fwmark 0x5d1"), 1u);
+  EXPECT_EQ(count(ip("-6 rule"), "fwmark 0x5d1"), 1u);
+  EXPECT_EQ(count(ns_->exec("nft list tables").out, "splitd"), 1u);
+  // And a new Firewall object (a restart) installing the same config changes nothing.
+  fw_ = open_firewall();
+  ASSERT_NO_FATAL_FAILURE(install());
+  EXPECT_EQ(listing(), table);
+  EXPECT_EQ(ip("rule"), rules4);
+  EXPECT_EQ(ip("-6 rule"), rules6);
+}
+
+TEST_F(FirewallLab, LeftoversOfACrashedRunAreReplaced) {
+  ASSERT_NO_FATAL_FAILURE(install());
+  fw_.reset();  // "crash": no remove()
+  ASSERT_NE(listing().find("tproxy to :15001"), std::string::npos);
+
+  FirewallConfig other;
+  other.port = 15002;
+  other.mark = 0x77;
+  other.route_table = 1600;
+  other.rule_priority = 1600;
+  fw_ = open_firewall();
+  ASSERT_NO_FATAL_FAILURE(install(other));
+  const std::string t = listing();
+  EXPECT_NE(t.find("tproxy to :15002"), std::string::npos) << t;
+  EXPECT_EQ(t.find("15001"), std::string::npos) << t;
+  EXPECT_NE(t.find("meta mark set 0x00000077"), std::string::npos) << t;
+  EXPECT_EQ(t.find("0x000005d1"), std::string::npos) << t;
+  EXPECT_EQ(count(ns_->exec("nft list tables").out, "splitd"), 1u);
+  for (const char* fam : {"", "-6 "}) {
+    const std::string rules = ip(std::string(fam) + "rule");
+    EXPECT_EQ(count(rules, "fwmark"), 1u) << rules;
+    EXPECT_NE(rules.find("1600:\tfrom all fwmark 0x77 lookup 1600 proto 93"), std::string::npos)
+        << rules;
+    EXPECT_EQ(ip(std::string(fam) + "route show table 1501"), "");
+    EXPECT_NE(ip(std::string(fam) + "route show table 1600").find("local default dev lo proto 93"),
+              std::string::npos);
+  }
+}
+
+TEST_F(FirewallLab, RemoveDeletesEverythingAndIsIdempotent) {
+  ASSERT_NO_FATAL_FAILURE(install());
+  auto r = fw_->remove();
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_NE(ns_->exec("nft list table inet splitd").status, 0);
+  EXPECT_EQ(ns_->exec("nft list ruleset").out, "");
+  EXPECT_EQ(count(ip("rule"), "fwmark"), 0u) << ip("rule");
+  EXPECT_EQ(count(ip("-6 rule"), "fwmark"), 0u) << ip("-6 rule");
+  EXPECT_EQ(ip("route show table 1501"), "");
+  EXPECT_EQ(ip("-6 route show table 1501"), "");
+  EXPECT_EQ(ip("route show table all proto 93"), "");
+  EXPECT_EQ(ip("-6 route show table all proto 93"), "");
+  EXPECT_FALSE(fw_->installed());
+  r = fw_->remove();
+  EXPECT_TRUE(r) << r.error().message;
+}
+
+TEST_F(FirewallLab, RemoveLeavesOtherSoftwaresRulesAndRoutes) {
+  // The same rule and route, but not splitd's (no proto 93): remove() must not take them.
+  ASSERT_EQ(ns_->exec("ip rule add fwmark 0x5d1 lookup 1501 priority 1400 && "
+                      "ip route add local 0.0.0.0/0 dev lo table 1502")
+                .status,
+            0);
+  ASSERT_NO_FATAL_FAILURE(install());
+  ASSERT_TRUE(fw_->remove());
+  EXPECT_NE(ip("rule").find("1400:\tfrom all fwmark 0x5d1 lookup 1501"), std::string::npos)
+      << ip("rule");
+  EXPECT_NE(ip("route show table 1502").find("local default dev lo"), std::string::npos);
+}
+
+TEST_F(FirewallLab, ALongNeverInterceptListIsSentInChunks) {
+  // 1000 separate /24s (every other one) and 1000 /64s: 4001 set elements, several
+  // element messages, as many ACKs.
+  FirewallConfig c;
+  for (int i = 0; i < 1000; ++i) {
+    const int n = i * 2;
+    c.never_intercept.push_back(
+        *Cidr::parse("10." + std::to_string(n / 256) + "." + std::to_string(n % 256) + ".0/24"));
+    c.never_intercept.push_back(*Cidr::parse("2001:db8:" + std::to_string(n) + "::/64"));
+  }
+  ASSERT_NO_FATAL_FAILURE(install(c));
+  const auto in_set = [&](const std::string& set, const std::string& addr) {
+    return ns_->exec("nft get element inet splitd " + set + " '{ " + addr + " }'").status == 0;
+  };
+  EXPECT_TRUE(in_set("never4", "10.0.0.1"));
+  EXPECT_FALSE(in_set("never4", "10.0.1.1"));
+  EXPECT_TRUE(in_set("never4", "10.7.206.255"));  // the last one: 10.(1998/256).(1998%256).0/24
+  EXPECT_FALSE(in_set("never4", "10.7.208.1"));
+  EXPECT_TRUE(in_set("never4", "127.0.0.1"));
+  EXPECT_TRUE(in_set("never6", "2001:db8:1998::1"));
+  EXPECT_FALSE(in_set("never6", "2001:db8:1999::1"));
+  EXPECT_TRUE(in_set("never6", "ff02::1"));
+}
+
+TEST_F(FirewallLab, InstalledFollowsTheKernel) {
+  fw_ = open_firewall();
+  EXPECT_FALSE(fw_->installed());
+  ASSERT_NO_FATAL_FAILURE(install());
+  EXPECT_TRUE(fw_->installed());
+  ASSERT_EQ(ns_->exec("nft delete table inet splitd").status, 0);
+  EXPECT_FALSE(fw_->installed());
+  ASSERT_NO_FATAL_FAILURE(install());  // self-repair
+  EXPECT_TRUE(fw_->installed());
+}
+
+TEST_F(FirewallLab, Ipv6OffLeavesIpv6Alone) {
+  FirewallConfig c;
+  c.ipv6 = false;
+  ASSERT_NO_FATAL_FAILURE(install());  // first with IPv6, then switch it off
+  ASSERT_NO_FATAL_FAILURE(install(c));
+  const std::string t = listing();
+  EXPECT_NE(
+      t.find(
+          "meta nfproto ipv4 meta l4proto tcp meta mark set 0x000005d1 comment \"intercept TCP\""),
+      std::string::npos)
+      << t;
+  EXPECT_EQ(t.find("never6"), std::string::npos) << t;
+  EXPECT_EQ(count(ip("rule"), "fwmark 0x5d1"), 1u);
+  EXPECT_EQ(count(ip("-6 rule"), "fwmark"), 0u) << ip("-6 rule");
+  EXPECT_EQ(ip("-6 route show table 1501"), "");
+}
+
+TEST_F(FirewallLab, UdpRulesWhenEnabled) {
+  FirewallConfig c;
+  c.intercept_udp = true;
+  ASSERT_NO_FATAL_FAILURE(install(c));
+  const std::string t = listing();
+  EXPECT_NE(t.find("meta l4proto udp meta mark set 0x000005d1 comment \"intercept UDP\""),
+            std::string::npos)
+      << t;
+  EXPECT_NE(t.find("iif \"lo\" meta l4proto { tcp, udp } socket transparent 1"), std::string::npos)
+      << t;
+  EXPECT_NE(t.find("meta l4proto udp tproxy to :15001 accept comment \"to splitd's UDP proxy\""),
+            std::string::npos)
+      << t;
+}
+
+// ---- traffic ----------------------------------------------------------------------------
+
+TEST_F(FirewallLab, TcpToARemoteAddressReachesTheTransparentListener) {
+  ASSERT_NO_FATAL_FAILURE(add_uplink());
+  ASSERT_NO_FATAL_FAILURE(install());
+  ns_->run_inside([&] {
+    Fd listener = transparent_listener(SOCK_STREAM, kPort);
+    EXPECT_EQ(probe_tcp(listener.get(), "198.51.100.7", 80), "intercepted 198.51.100.7:80");
+    EXPECT_EQ(probe_tcp(listener.get(), "2001:db8:9::7", 80), "intercepted [2001:db8:9::7]:80");
+    // Data flows both ways through the intercepted connection.
+    Fd client = start_connect("198.51.100.7", 443);
+    Fd accepted = accept_within(listener.get(), 1000ms);
+    ASSERT_TRUE(accepted);
+    pollfd p{client.get(), POLLOUT, 0};
+    ASSERT_EQ(::poll(&p, 1, 1000), 1);
+    ASSERT_EQ(::send(client.get(), "ping", 4, MSG_NOSIGNAL), 4);
+    char buf[8] = {};
+    pollfd a{accepted.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&a, 1, 1000), 1);
+    EXPECT_EQ(::recv(accepted.get(), buf, sizeof buf, 0), 4);
+    EXPECT_EQ(std::string(buf, 4), "ping");
+    ASSERT_EQ(::send(accepted.get(), "pong", 4, MSG_NOSIGNAL), 4);
+    pollfd c{client.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&c, 1, 1000), 1);
+    EXPECT_EQ(::recv(client.get(), buf, sizeof buf, 0), 4);
+    EXPECT_EQ(std::string(buf, 4), "pong");
+  });
+}
+
+TEST_F(FirewallLab, BypassMarkOtherMarksAndNeverInterceptAreNotIntercepted) {
+  ASSERT_NO_FATAL_FAILURE(add_uplink());
+  FirewallConfig c;
+  c.never_intercept.push_back(*Cidr::parse("203.0.113.0/24"));
+  c.never_intercept.push_back(*Cidr::parse("2001:db8:77::/48"));
+  ASSERT_NO_FATAL_FAILURE(install(c));
+  ns_->run_inside([&] {
+    Fd listener = transparent_listener(SOCK_STREAM, kPort);
+    // The uplink's gateway does not exist, so a connection that is not intercepted
+    // just does not complete.
+    EXPECT_EQ(probe_tcp(listener.get(), "198.51.100.7", 80, 0x5d2u, 300ms), "not intercepted");
+    EXPECT_EQ(probe_tcp(listener.get(), "2001:db8:9::7", 80, 0x5d2u, 300ms), "not intercepted");
+    EXPECT_EQ(probe_tcp(listener.get(), "198.51.100.7", 80, 0x77u, 300ms), "not intercepted");
+    EXPECT_EQ(probe_tcp(listener.get(), "203.0.113.9", 80, std::nullopt, 300ms), "not intercepted");
+    EXPECT_EQ(probe_tcp(listener.get(), "2001:db8:77::9", 80, std::nullopt, 300ms),
+              "not intercepted");
+    // Still intercepted next to them.
+    EXPECT_EQ(probe_tcp(listener.get(), "203.0.114.9", 80), "intercepted 203.0.114.9:80");
+    EXPECT_EQ(probe_tcp(listener.get(), "198.51.100.7", 80), "intercepted 198.51.100.7:80");
+  });
+}
+
+TEST_F(FirewallLab, LocalDestinationsAreNotIntercepted) {
+  ASSERT_NO_FATAL_FAILURE(add_uplink());
+  ASSERT_NO_FATAL_FAILURE(install());
+  ns_->run_inside([&] {
+    Fd transparent = transparent_listener(SOCK_STREAM, kPort);
+    for (const char* local : {"198.18.9.1", "127.0.0.1", "2001:db8:9::1", "::1"}) {
+      socklen_t len;
+      auto addr = make_addr(local, 8080, len);
+      Fd server(::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+      set_int(server.get(), SOL_SOCKET, SO_REUSEADDR, 1);
+      ASSERT_EQ(::bind(server.get(), reinterpret_cast<sockaddr*>(&addr), len), 0) << local;
+      ASSERT_EQ(::listen(server.get(), 4), 0);
+      Fd client = start_connect(local, 8080);
+      Fd accepted = accept_within(server.get(), 1000ms);
+      EXPECT_TRUE(accepted) << local << " did not reach its own listener";
+      EXPECT_FALSE(accept_within(transparent.get(), 0ms)) << local << " was intercepted";
+    }
+  });
+}
+
+TEST_F(FirewallLab, UdpToARemoteAddressReachesTheTransparentSocket) {
+  ASSERT_NO_FATAL_FAILURE(add_uplink());
+  FirewallConfig c;
+  c.intercept_udp = true;
+  ASSERT_NO_FATAL_FAILURE(install(c));
+  ns_->run_inside([&] {
+    Fd server = transparent_listener(SOCK_DGRAM, kPort);
+    for (const std::string dst : {"198.51.100.7", "2001:db8:9::7"}) {
+      socklen_t len;
+      auto addr = make_addr(dst, 53, len);
+      Fd client(::socket(addr.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+      ASSERT_EQ(::sendto(client.get(), "q", 1, 0, reinterpret_cast<sockaddr*>(&addr), len), 1)
+          << std::strerror(errno);
+      pollfd p{server.get(), POLLIN, 0};
+      ASSERT_EQ(::poll(&p, 1, 1000), 1) << dst << " was not intercepted";
+      char data[16];
+      alignas(cmsghdr) char control[256];
+      iovec iov{data, sizeof data};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      ASSERT_EQ(::recvmsg(server.get(), &msg, 0), 1);
+      std::optional<sockaddr_storage> orig;
+      for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
+        sockaddr_storage ss{};
+        if (cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_ORIGDSTADDR) {
+          std::memcpy(&ss, CMSG_DATA(cm), sizeof(sockaddr_in));
+          orig = ss;
+        } else if (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_ORIGDSTADDR) {
+          std::memcpy(&ss, CMSG_DATA(cm), sizeof(sockaddr_in6));
+          orig = ss;
+        }
+      }
+      ASSERT_TRUE(orig) << "no original destination for " << dst;
+      const std::string want =
+          dst.find(':') == std::string::npos ? dst + ":53" : "[" + dst + "]:53";
+      EXPECT_EQ(to_text(*orig), want);
+    }
+  });
+}
+
+// ---- errors -----------------------------------------------------------------------------
+
+TEST_F(FirewallLab, AKernelRefusalNamesTheRule) {
+  // tproxy is only valid in prerouting: the kernel refuses this rule, and the error must
+  // name it, not just say "Operation not supported".
+  ns_->run_inside([&] {
+    auto sock = NetlinkSocket::open(NETLINK_NETFILTER, "nfnetlink");
+    ASSERT_TRUE(sock) << sock.error().message;
+    NftBatch b("splitd");
+    b.add_table();
+    b.add_chain("output", "route", 3 /* NF_INET_LOCAL_OUT */, -150);
+    b.add_rule("output", std::move(NftRule("intercept TCP").l4proto_in({6}).tproxy_to_port(kPort)));
+    auto r = b.commit(*sock);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, FirewallErrorCode::kUnsupported) << r.error().message;
+    EXPECT_EQ(
+        r.error().message.rfind("rule 'intercept TCP' in chain output: Operation not supported", 0),
+        0u)
+        << r.error().message;
+    EXPECT_NE(r.error().message.find("nft_tproxy"), std::string::npos) << r.error().message;
+  });
+  // The batch was atomic: the table and chain that preceded the rule are not there.
+  EXPECT_NE(ns_->exec("nft list table inet splitd").status, 0);
+}
+
+TEST_F(FirewallLab, WithoutCapNetAdminTheErrorSaysSo) {
+  ns_->run_inside([&] {
+    auto fw = Firewall::open();
+    ASSERT_TRUE(fw) << fw.error().message;
+    // Drop CAP_NET_ADMIN from this thread's effective set only (capset is per thread).
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2]{};
+    ASSERT_EQ(::syscall(SYS_capget, &hdr, data), 0);
+    data[0].effective &= ~(1u << CAP_NET_ADMIN);
+    ASSERT_EQ(::syscall(SYS_capset, &hdr, data), 0);
+    auto r = (*fw)->install({});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, FirewallErrorCode::kPermission) << r.error().message;
+    EXPECT_NE(r.error().message.find("CAP_NET_ADMIN"), std::string::npos) << r.error().message;
+    EXPECT_FALSE((*fw)->installed());
+  });
+  EXPECT_NE(ns_->exec("nft list table inet splitd").status, 0);
+  EXPECT_EQ(count(ip("rule"), "fwmark"), 0u);
+}
+
+TEST_F(FirewallLab, InvalidConfigIsRefusedBeforeTheKernel) {
+  fw_ = open_firewall();
+  FirewallConfig c;
+  c.port = 0;
+  auto r = fw_->install(c);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, FirewallErrorCode::kInvalidConfig);
+  EXPECT_NE(r.error().message.find("port"), std::string::npos) << r.error().message;
+  EXPECT_EQ(ns_->exec("nft list ruleset").out, "");
+}
+
+}  // namespace
+}  // namespace splitd::firewall

@@ -1,0 +1,84 @@
+#include "test_netns.hpp"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <thread>
+
+#include "common/fd.hpp"
+
+namespace splitd::firewall::testing {
+
+CommandResult run(const std::string& command) {
+  CommandResult r;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string netns_unavailable_reason() {
+  if (::geteuid() != 0) return "needs root (creates network namespaces, installs nftables)";
+  if (run("ip -V").status != 0) return "needs iproute2 (`ip`)";
+  if (run("nft --version").status != 0) return "needs nftables (`nft`)";
+  return {};
+}
+
+std::unique_ptr<TestNetns> TestNetns::create(std::string* error) {
+  std::random_device rd;
+  const std::string name =
+      "sdfw-" + std::to_string(::getpid()) + "-" + std::to_string(rd() % 100000);
+  auto r = run("ip netns add " + name);
+  if (r.status != 0) {
+    if (error) *error = "ip netns add " + name + ": " + r.out;
+    return nullptr;
+  }
+  std::unique_ptr<TestNetns> ns(new TestNetns(name));  // deletes it again from here on
+  r = ns->exec("ip link set lo up");
+  if (r.status != 0) {
+    if (error) *error = "ip link set lo up: " + r.out;
+    return nullptr;
+  }
+  return ns;
+}
+
+TestNetns::~TestNetns() { run("ip netns del " + name_); }
+
+void TestNetns::run_inside(const std::function<void()>& fn) const {
+  std::string failure;
+  std::thread t([&] {
+    Fd ns(::open(("/run/netns/" + name_).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ns || ::setns(ns.get(), CLONE_NEWNET) != 0) {
+      failure = "setns into " + name_ + ": " + std::strerror(errno);
+      return;
+    }
+    fn();
+  });
+  t.join();
+  if (!failure.empty()) throw std::runtime_error(failure);
+}
+
+CommandResult TestNetns::exec(const std::string& command) const {
+  std::string quoted = "'";
+  for (char c : command) {
+    if (c == '\'')
+      quoted += "'\\''";
+    else
+      quoted += c;
+  }
+  quoted += "'";
+  return run("ip netns exec " + name_ + " sh -c " + quoted);
+}
+
+}  // namespace splitd::firewall::testing
