@@ -1,0 +1,97 @@
+#include "proxy/session_table.hpp"
+
+#include <algorithm>
+
+namespace splitd::proxy {
+
+std::int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string Endpoint::to_string() const {
+  const std::string a = address.to_string();
+  return address.is_v6() ? "[" + a + "]:" + std::to_string(port) : a + ":" + std::to_string(port);
+}
+
+void Session::touch() { last_activity_ms.store(steady_ms(), std::memory_order_relaxed); }
+
+std::shared_ptr<Session> SessionTable::add(decider::Protocol protocol, const Endpoint& client,
+                                           const Endpoint& destination,
+                                           const decider::Route& route) {
+  auto s = std::make_shared<Session>();
+  s->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  s->protocol = protocol;
+  s->client = client;
+  s->destination = destination;
+  s->route = route;
+  s->started_at = std::chrono::system_clock::now();
+  s->touch();
+  total_.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  live_.emplace(s->id, s);
+  return s;
+}
+
+void SessionTable::remove(const Session& session) {
+  finished_sent_.fetch_add(session.bytes_sent.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  finished_received_.fetch_add(session.bytes_received.load(std::memory_order_relaxed),
+                               std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  live_.erase(session.id);
+}
+
+std::vector<SessionView> SessionTable::list() const {
+  std::vector<std::shared_ptr<Session>> live;
+  {
+    std::lock_guard lock(mu_);
+    live.reserve(live_.size());
+    for (const auto& [id, s] : live_) live.push_back(s);
+  }
+  const std::int64_t now = steady_ms();
+  std::vector<SessionView> out;
+  out.reserve(live.size());
+  for (const auto& s : live) {
+    out.push_back({s->id, s->protocol, s->client, s->destination, s->route, s->started_at,
+                   s->bytes_sent.load(std::memory_order_relaxed),
+                   s->bytes_received.load(std::memory_order_relaxed),
+                   s->packets_sent.load(std::memory_order_relaxed),
+                   s->packets_received.load(std::memory_order_relaxed),
+                   std::chrono::milliseconds(now - s->last_activity_ms.load(std::memory_order_relaxed))});
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  return out;
+}
+
+bool SessionTable::kill(std::uint64_t id) {
+  std::shared_ptr<Session> s;
+  {
+    std::lock_guard lock(mu_);
+    auto it = live_.find(id);
+    if (it == live_.end()) return false;
+    s = it->second;
+  }
+  if (!s->kill) return false;
+  s->kill();
+  return true;
+}
+
+SessionTotals SessionTable::totals() const {
+  SessionTotals t;
+  t.total = total_.load(std::memory_order_relaxed);
+  t.refused = refused_.load(std::memory_order_relaxed);
+  t.blocked = blocked_.load(std::memory_order_relaxed);
+  t.failed = failed_.load(std::memory_order_relaxed);
+  t.bytes_sent = finished_sent_.load(std::memory_order_relaxed);
+  t.bytes_received = finished_received_.load(std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  t.active = live_.size();
+  for (const auto& [id, s] : live_) {
+    t.bytes_sent += s->bytes_sent.load(std::memory_order_relaxed);
+    t.bytes_received += s->bytes_received.load(std::memory_order_relaxed);
+  }
+  return t;
+}
+
+}  // namespace splitd::proxy

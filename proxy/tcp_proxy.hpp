@@ -1,0 +1,68 @@
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/expected.hpp"
+#include "decider/decider.hpp"
+#include "proxy/session_table.hpp"
+
+namespace splitd::proxy {
+
+struct TcpProxyOptions {
+  std::uint16_t port = 15001;
+  std::uint32_t bypass_mark = 0x5d2;
+  std::size_t max_sessions = 100000;
+  std::chrono::milliseconds connect_timeout{10000};
+  std::chrono::milliseconds idle_timeout{300000};
+  bool ipv6 = true;
+  unsigned threads = 0;  // 0 = one per core
+  // Source ports of upstream sockets; 0/0 = the ports above the system's ephemeral range
+  // (see open_upstream for why they must not overlap it).
+  std::uint16_t source_port_min = 0;
+  std::uint16_t source_port_max = 0;
+};
+
+// The source-port range for upstream sockets given the system's ephemeral range
+// [ephemeral_low, ephemeral_high]: above it if there is room for 1024 ports, else below
+// (from 1024); {0, 0} if neither has 1024 ports.
+std::pair<std::uint16_t, std::uint16_t> upstream_port_range(unsigned ephemeral_low,
+                                                            unsigned ephemeral_high);
+
+// The transparent TCP proxy. Each worker thread owns an io_context and its own
+// SO_REUSEPORT transparent listeners on 127.0.0.1:port and [::1]:port (where TPROXY
+// delivers intercepted flows); a flow lives entirely on the worker that accepted it, as
+// one coroutine. Per flow: ask the decider once, dial the upstream bound to the route's
+// interface and address with the bypass mark, then splice both ways until both sides
+// are done. start() and stop() are called from one controlling thread.
+class TcpProxy {
+ public:
+  TcpProxy(TcpProxyOptions options, const decider::Decider& decider, SessionTable& sessions);
+  ~TcpProxy();
+  TcpProxy(const TcpProxy&) = delete;
+  TcpProxy& operator=(const TcpProxy&) = delete;
+
+  // Opens the listeners (a missing capability is a clear error) and starts the workers.
+  Expected<void, std::string> start();
+  // Stops accepting, closes every session and joins the workers; gives up waiting for
+  // sessions after `deadline` (their sockets are closed either way).
+  void stop(std::chrono::milliseconds deadline = std::chrono::milliseconds(1500));
+
+  std::size_t active() const { return active_.load(std::memory_order_relaxed); }
+
+  class Worker;
+
+ private:
+  TcpProxyOptions options_;
+  const decider::Decider& decider_;
+  SessionTable& sessions_;
+  std::atomic<std::size_t> active_{0};
+  std::atomic<std::uint32_t> next_port_{0};
+  std::vector<std::unique_ptr<Worker>> workers_;
+};
+
+}  // namespace splitd::proxy

@@ -1,0 +1,50 @@
+#include <gtest/gtest.h>
+
+#include "proxy/session_table.hpp"
+#include "proxy/tcp_proxy.hpp"
+
+namespace splitd::proxy {
+namespace {
+
+TEST(UpstreamPortRange, OutsideTheEphemeralRange) {
+  using R = std::pair<std::uint16_t, std::uint16_t>;
+  EXPECT_EQ(upstream_port_range(32768, 60999), (R{61000, 65535}));  // Linux default
+  EXPECT_EQ(upstream_port_range(32768, 65000), (R{1024, 32767}));   // no room above
+  EXPECT_EQ(upstream_port_range(1024, 65535), (R{0, 0}));           // no room at all
+  EXPECT_EQ(upstream_port_range(49152, 65535), (R{1024, 49151}));   // IANA-style range
+}
+
+TEST(SessionTable, CountsListsAndKills) {
+  SessionTable t;
+  decider::Route r;
+  r.kind = decider::RouteKind::kTunnel;
+  r.interface = "tun0";
+  r.rule = "default";
+  auto a = t.add(decider::Protocol::kTcp, {*IpAddress::parse("198.18.2.2"), 40000},
+                 {*IpAddress::parse("198.51.100.10"), 443}, r);
+  auto b = t.add(decider::Protocol::kTcp, {*IpAddress::parse("2001:db8:ff:2::2"), 40001},
+                 {*IpAddress::parse("2001:db8:1::10"), 443}, r);
+  bool killed = false;
+  b->kill = [&] { killed = true; };
+  a->bytes_sent += 100;
+  b->bytes_received += 50;
+  auto list = t.list();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].id, a->id);
+  EXPECT_EQ(list[0].destination.to_string(), "198.51.100.10:443");
+  EXPECT_EQ(list[1].client.to_string(), "[2001:db8:ff:2::2]:40001");
+  EXPECT_EQ(list[0].bytes_sent, 100u);
+  EXPECT_TRUE(t.kill(b->id));
+  EXPECT_TRUE(killed);
+  EXPECT_FALSE(t.kill(a->id));      // no kill hook
+  EXPECT_FALSE(t.kill(12345));      // unknown id
+  t.remove(*a);
+  const auto totals = t.totals();
+  EXPECT_EQ(totals.active, 1u);
+  EXPECT_EQ(totals.total, 2u);
+  EXPECT_EQ(totals.bytes_sent, 100u);     // finished sessions count
+  EXPECT_EQ(totals.bytes_received, 50u);  // live ones too
+}
+
+}  // namespace
+}  // namespace splitd::proxy
