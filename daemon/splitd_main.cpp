@@ -12,6 +12,7 @@
 #include "common/log.hpp"
 #include "common/version.hpp"
 #include "daemon/interfaces_text.hpp"
+#include "daemon/run.hpp"
 #include "iface/interface_cache.hpp"
 
 namespace {
@@ -25,6 +26,11 @@ void usage(std::FILE* to) {
       "Usage: splitd <command> [options]\n"
       "\n"
       "Commands:\n"
+      "  run [--config FILE]\n"
+      "                 run the daemon in the foreground (default config\n"
+      "                 /etc/splitd/splitd.toml; built-in defaults if it does not exist)\n"
+      "  check --config FILE\n"
+      "                 validate a config file: every problem as FILE:LINE:COL: error: ...\n"
       "  interfaces [--json] [--physical NAME] [--tunnel NAME] [--watch]\n"
       "                 show the interface cache: which interface is physical (per family)\n"
       "                 and which is the tunnel; --watch prints it again on every change\n"
@@ -110,6 +116,28 @@ int main(int argc, char** argv) {
   const auto cmd = args.front();
   args.erase(args.begin());
   if (cmd == "interfaces") return cmd_interfaces(args);
+  if (cmd == "run" || cmd == "check") {
+    std::string path = "/etc/splitd/splitd.toml";
+    bool given = false;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+      if (args[i] == "--config" && i + 1 < args.size()) {
+        path = std::string(args[++i]);
+        given = true;
+      } else {
+        std::fprintf(stderr, "splitd %.*s: unknown option '%.*s'\n", static_cast<int>(cmd.size()),
+                     cmd.data(), static_cast<int>(args[i].size()), args[i].data());
+        return kExitUsage;
+      }
+    }
+    if (cmd == "check") {
+      if (!given) {
+        std::fputs("splitd check: --config FILE is required\n", stderr);
+        return kExitUsage;
+      }
+      return splitd::daemon::check(path);
+    }
+    return splitd::daemon::run(path, given);
+  }
   if (cmd == "version" || cmd == "--version") return cmd_version();
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     usage(stdout);

@@ -1,0 +1,287 @@
+#include "daemon/run.hpp"
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "common/log.hpp"
+#include "common/version.hpp"
+#include "config/config.hpp"
+#include "decider/decider.hpp"
+#include "firewall/firewall.hpp"
+#include "iface/interface_cache.hpp"
+#include "proxy/session_table.hpp"
+#include "proxy/tcp_proxy.hpp"
+
+namespace splitd::daemon {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitConfig = 1;
+constexpr int kExitRuntime = 2;
+constexpr int kCapNetAdmin = 12;
+constexpr auto kRepairEvery = std::chrono::seconds(5);
+constexpr auto kSummaryEvery = std::chrono::seconds(60);
+
+bool has_net_admin() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("CapEff:", 0) == 0) {
+      const unsigned long long caps = std::stoull(line.substr(7), nullptr, 16);
+      return (caps >> kCapNetAdmin) & 1;
+    }
+  }
+  return false;
+}
+
+// Each session holds two sockets; the soft limit of 1024 would cap us at ~500 flows.
+void raise_fd_limit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &lim);
+  }
+}
+
+// Strict reverse-path filtering drops the replies of bypassed flows: they arrive on the
+// physical interface while the main table's (VPN) routes point at the tunnel. Loose mode
+// on the physical interface keeps them; the old value is restored on exit.
+class RpFilterGuard {
+ public:
+  void loosen(const std::string& itf) {
+    if (itf.empty() || saved_.count(itf)) return;
+    const int all = read("all");
+    const int dev = read(itf);
+    if (std::max(all, dev) != 1) return;  // 0 (off) and 2 (loose) are fine
+    if (write(itf, 2)) {
+      saved_[itf] = dev;
+      log::info("rp_filter: ", itf, " set to loose (2) so bypassed flows' replies are accepted",
+                " (was strict); restored on exit");
+    } else {
+      log::warn("rp_filter is strict on ", itf, " and could not be loosened: bypassed flows may fail");
+    }
+  }
+  ~RpFilterGuard() {
+    for (const auto& [itf, value] : saved_) write(itf, value);
+  }
+
+ private:
+  static std::string path(const std::string& itf) {
+    return "/proc/sys/net/ipv4/conf/" + itf + "/rp_filter";
+  }
+  static int read(const std::string& itf) {
+    std::ifstream in(path(itf));
+    int v = 0;
+    in >> v;
+    return v;
+  }
+  static bool write(const std::string& itf, int v) {
+    std::ofstream out(path(itf));
+    out << v;
+    return static_cast<bool>(out.flush());
+  }
+  std::map<std::string, int> saved_;
+};
+
+std::shared_ptr<const decider::RuleSet> rules_of(const config::Config& c) {
+  auto r = std::make_shared<decider::RuleSet>();
+  r->mode = c.split.mode;
+  r->on_tunnel_down = c.firewall.on_tunnel_down;
+  r->ips = c.split.ips;
+  return r;
+}
+
+firewall::FirewallConfig firewall_of(const config::Config& c) {
+  firewall::FirewallConfig f;
+  f.mark = c.firewall.mark;
+  f.bypass_mark = c.firewall.bypass_mark;
+  f.route_table = c.firewall.route_table;
+  f.port = c.proxy.port;
+  f.ipv6 = c.firewall.ipv6;
+  f.intercept_tcp = true;
+  f.intercept_udp = false;  // the UDP proxy comes with its own issue
+  f.never_intercept = c.firewall.never_intercept;
+  return f;
+}
+
+std::string describe(const iface::InterfaceSnapshot& snap) {
+  const auto name = [](const iface::Interface* i) { return i ? i->name : std::string("none"); };
+  std::ostringstream s;
+  s << "physical IPv4 " << name(snap.physical(IpAddress::Family::kV4)) << ", IPv6 "
+    << name(snap.physical(IpAddress::Family::kV6)) << "; tunnel " << name(snap.tunnel())
+    << (snap.tunnel() ? (snap.tunnel_up() ? " (up)" : " (down)") : "");
+  return s.str();
+}
+
+void log_sessions(const proxy::SessionTable& table) {
+  const auto list = table.list();
+  const auto t = table.totals();
+  log::info("sessions: ", t.active, " active, ", t.total, " total, ", t.refused, " refused, ",
+            t.blocked, " blocked, ", t.failed, " failed; sent ", t.bytes_sent, "B received ",
+            t.bytes_received, "B");
+  for (const auto& s : list) {
+    log::info("  #", s.id, " ", decider::to_string(s.protocol), " ", s.client.to_string(), " -> ",
+              s.destination.to_string(), " ", decider::to_string(s.route.kind),
+              s.route.interface.empty() ? "" : " via " + s.route.interface, " rule '", s.route.rule,
+              "' sent ", s.bytes_sent, "B/", s.packets_sent, "pkts received ", s.bytes_received,
+              "B/", s.packets_received, "pkts idle ", s.idle.count(), "ms");
+  }
+}
+
+std::optional<config::Config> load(const std::string& path, bool path_given) {
+  if (!path_given && access(path.c_str(), F_OK) != 0) {
+    log::info("no config at ", path, ": using built-in defaults");
+    return config::Config();
+  }
+  auto c = config::load_file(path);
+  if (!c) {
+    for (const auto& d : c.error()) std::fprintf(stderr, "%s\n", d.to_string().c_str());
+    return std::nullopt;
+  }
+  return *c;
+}
+
+}  // namespace
+
+int check(const std::string& path) {
+  auto c = config::load_file(path);
+  if (!c) {
+    for (const auto& d : c.error()) std::fprintf(stdout, "%s\n", d.to_string().c_str());
+    std::fprintf(stdout, "%s: %zu error%s\n", path.c_str(), c.error().size(),
+                 c.error().size() == 1 ? "" : "s");
+    return kExitConfig;
+  }
+  std::fprintf(stdout, "%s: ok: %s\n", path.c_str(), config::summary(*c).c_str());
+  return kExitOk;
+}
+
+int run(const std::string& path, bool path_given) {
+  auto cfg = load(path, path_given);
+  if (!cfg) return kExitConfig;
+  log::set_level(cfg->daemon.log_level);
+  log::info("splitd ", kVersion, " (git ", kGitRevision, ") starting: ", config::summary(*cfg));
+
+  if (!has_net_admin()) {
+    log::error("splitd needs CAP_NET_ADMIN (nftables, policy routing, transparent sockets): run it "
+               "as root, or grant it with `setcap cap_net_admin,cap_net_raw+ep /path/to/splitd`");
+    return kExitRuntime;
+  }
+  raise_fd_limit();
+
+  // Stop signals are blocked in every thread and taken by sigtimedwait below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) sigaddset(&signals, sig);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  iface::SelectionConfig selection;
+  if (cfg->interfaces.physical != "auto") selection.physical = cfg->interfaces.physical;
+  if (cfg->interfaces.tunnel != "auto") selection.tunnel = cfg->interfaces.tunnel;
+  auto cache = iface::InterfaceCache::open(selection);
+  if (!cache) {
+    log::error("cannot read interfaces over rtnetlink: ", cache.error().message());
+    return kExitRuntime;
+  }
+  RpFilterGuard rp_filter;
+  const auto on_interfaces = [&rp_filter](const std::shared_ptr<const iface::InterfaceSnapshot>& snap) {
+    log::info("interfaces: ", describe(*snap));
+    for (auto f : {IpAddress::Family::kV4, IpAddress::Family::kV6}) {
+      if (const auto* p = snap->physical(f)) rp_filter.loosen(p->name);
+    }
+  };
+  on_interfaces((*cache)->snapshot());
+  (*cache)->subscribe(on_interfaces);
+  (*cache)->start();
+
+  decider::RuleDecider decider(**cache, rules_of(*cfg));
+  proxy::SessionTable sessions;
+  proxy::TcpProxyOptions popts;
+  popts.port = cfg->proxy.port;
+  popts.bypass_mark = cfg->firewall.bypass_mark;
+  popts.max_sessions = cfg->proxy.max_sessions;
+  popts.connect_timeout = cfg->proxy.connect_timeout;
+  popts.idle_timeout = cfg->proxy.idle_timeout;
+  popts.ipv6 = cfg->firewall.ipv6;
+  proxy::TcpProxy tcp(popts, decider, sessions);
+  // Listeners first: the rules must never steer flows to a port nobody listens on.
+  if (auto r = tcp.start(); !r) {
+    log::error("tcp proxy: ", r.error());
+    return kExitRuntime;
+  }
+
+  auto fw = firewall::Firewall::open();
+  if (!fw) {
+    log::error("firewall: ", fw.error().message);
+    return kExitRuntime;
+  }
+  const firewall::FirewallConfig fwcfg = firewall_of(*cfg);
+  if (auto r = (*fw)->install(fwcfg); !r) {
+    log::error("firewall: ", r.error().message);
+    tcp.stop();
+    return kExitRuntime;
+  }
+  log::info("ready: intercepting TCP to port ", cfg->proxy.port, ", mark 0x", std::hex,
+            cfg->firewall.mark, ", bypass mark 0x", cfg->firewall.bypass_mark, std::dec, ", table ",
+            cfg->firewall.route_table, ", mode ", decider::to_string(cfg->split.mode));
+
+  auto last_repair = std::chrono::steady_clock::now();
+  auto last_summary = last_repair;
+  int exit_code = kExitOk;
+  for (;;) {
+    const timespec tick{1, 0};
+    const int sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig == SIGINT || sig == SIGTERM) {
+      log::info("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ": stopping");
+      break;
+    }
+    if (sig == SIGUSR1) log_sessions(sessions);
+    if (sig == SIGHUP) {
+      auto next = load(path, path_given);
+      if (!next) {
+        log::error("reload: config has errors (above); keeping the running config");
+      } else {
+        decider.set_rules(rules_of(*next));
+        log::info("reload: rules applied to new flows: ", config::summary(*next));
+        if (firewall_of(*next).port != fwcfg.port || next->firewall.mark != fwcfg.mark) {
+          log::warn("reload: [proxy] and [firewall] changes take effect at the next restart");
+        }
+      }
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_repair >= kRepairEvery) {
+      last_repair = now;
+      if (!(*fw)->installed()) {
+        log::warn("table inet splitd was removed by another program: restoring it");
+        if (auto r = (*fw)->install(fwcfg); !r) log::error("firewall: ", r.error().message);
+      }
+    }
+    if (now - last_summary >= kSummaryEvery) {
+      last_summary = now;
+      const auto t = sessions.totals();
+      log::info("summary: ", t.active, " active sessions, ", t.total, " total, sent ", t.bytes_sent,
+                "B received ", t.bytes_received, "B");
+    }
+  }
+
+  // Rules first so no new flow is steered to a proxy that is going away.
+  if (auto r = (*fw)->remove(); !r) {
+    log::error("firewall: removing rules: ", r.error().message);
+    exit_code = kExitRuntime;
+  }
+  tcp.stop(std::chrono::milliseconds(1500));
+  (*cache)->stop();
+  const auto t = sessions.totals();
+  log::info("stopped: ", t.total, " sessions served, sent ", t.bytes_sent, "B received ",
+            t.bytes_received, "B");
+  return exit_code;
+}
+
+}  // namespace splitd::daemon

@@ -1,0 +1,105 @@
+#include "tests/e2e/splitd_process.hpp"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace splitd::e2e {
+
+using namespace std::chrono_literals;
+
+const char* splitd_path() { return SPLITD_BINARY; }
+
+std::unique_ptr<SplitdProcess> SplitdProcess::start(const lab::Lab& lab, const std::string& config,
+                                                    const std::string& name) {
+  const std::string conf_path = lab.state_dir() + "/" + name + ".toml";
+  const std::string log_path = lab.state_dir() + "/" + name + ".log";
+  {
+    std::ofstream out(conf_path);
+    out << config;
+  }
+  // Truncate here, not in the child: a previous run's "ready:" must not be seen as ours.
+  { std::ofstream truncate(log_path, std::ios::trunc); }
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, STDOUT_FILENO);
+      ::dup2(fd, STDERR_FILENO);
+    }
+    const int null = ::open("/dev/null", O_RDONLY);
+    if (null >= 0) ::dup2(null, STDIN_FILENO);
+    // `ip netns exec` execs splitd itself, so this pid is splitd's.
+    execlp("ip", "ip", "netns", "exec", lab.host_ns().c_str(), splitd_path(), "run", "--config",
+           conf_path.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::unique_ptr<SplitdProcess> p(new SplitdProcess(pid, log_path));
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (p->log().find(" ready: ") != std::string::npos) return p;
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      p->reaped_ = true;
+      throw std::runtime_error("splitd exited during start (status " + std::to_string(status) +
+                               "):\n" + p->log());
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  throw std::runtime_error("splitd not ready after 5 s:\n" + p->log());
+}
+
+SplitdProcess::~SplitdProcess() {
+  if (!reaped_) kill_hard();
+}
+
+void SplitdProcess::signal(int sig) const { ::kill(pid_, sig); }
+
+int SplitdProcess::terminate(std::chrono::milliseconds timeout) {
+  if (reaped_) return -1;
+  ::kill(pid_, SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      reaped_ = true;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  kill_hard();
+  return -1;
+}
+
+void SplitdProcess::kill_hard() {
+  if (reaped_) return;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  reaped_ = true;
+}
+
+std::string SplitdProcess::log() const {
+  std::ifstream in(log_path_);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+bool SplitdProcess::wait_for_log(const std::string& text, std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  do {
+    if (log().find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(10ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  return false;
+}
+
+}  // namespace splitd::e2e

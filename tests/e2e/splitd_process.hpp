@@ -1,0 +1,45 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "tests/lab/lab.hpp"
+
+namespace splitd::e2e {
+
+// The real splitd binary running in a lab's host namespace with a config of the test's.
+// The destructor kills it if it is still running.
+class SplitdProcess {
+ public:
+  // Writes `config_toml` into the lab's state dir, starts `splitd run --config` there and
+  // waits for its "ready:" log line. Throws with the log if it exits or is not ready in 5 s.
+  static std::unique_ptr<SplitdProcess> start(const lab::Lab& lab, const std::string& config_toml,
+                                              const std::string& name = "splitd");
+  ~SplitdProcess();
+
+  // SIGTERM, then waits up to `timeout`; returns the exit code, or -1 if it had to be killed.
+  int terminate(std::chrono::milliseconds timeout = std::chrono::milliseconds(3000));
+  // SIGKILL and reap (a crash).
+  void kill_hard();
+  // Sends SIGUSR1 (session list to the log) or another signal.
+  void signal(int sig) const;
+
+  pid_t pid() const { return pid_; }
+  std::string log() const;
+  // Waits until the log contains `text`; false after `timeout`.
+  bool wait_for_log(const std::string& text,
+                    std::chrono::milliseconds timeout = std::chrono::milliseconds(3000)) const;
+
+ private:
+  SplitdProcess(pid_t pid, std::string log_path) : pid_(pid), log_path_(std::move(log_path)) {}
+  pid_t pid_;
+  std::string log_path_;
+  bool reaped_ = false;
+};
+
+const char* splitd_path();
+
+}  // namespace splitd::e2e

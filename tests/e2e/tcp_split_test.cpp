@@ -1,0 +1,464 @@
+// The TCP split path end to end: real splitd in the lab's host namespace, real clients,
+// and wan/vpn servers that say which way each flow went.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "tests/e2e/splitd_process.hpp"
+#include "tests/e2e/tcp_client.hpp"
+#include "tests/lab/lab.hpp"
+
+namespace splitd::e2e {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+std::string quoted_list(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& i : items) out += (out.empty() ? "\"" : ", \"") + i + "\"";
+  return "[" + out + "]";
+}
+
+// A config for the lab: the given mode and IP rules, DNS capture off (not built yet).
+std::string config(const std::string& mode, const std::vector<std::string>& ips,
+                   const std::string& proxy = "", const std::string& firewall = "") {
+  return "[daemon]\nlog_level = \"debug\"\n"
+         "[proxy]\n" + proxy + "\n"
+         "[firewall]\n" + firewall + "\n"
+         "[split]\nmode = \"" + mode + "\"\nips = " + quoted_list(ips) + "\n"
+         "[dns]\nenabled = false\n";
+}
+
+const std::vector<std::string> kExcludeWanServers = {"203.0.113.0/24", "2001:db8::/64"};
+
+std::string curl(const lab::Lab& lab, const std::string& url) {
+  auto r = lab.exec(lab.host_ns(), "curl -s -g --max-time 5 " + url);
+  return r.exit_code == 0 ? r.out : "curl exit " + std::to_string(r.exit_code) + ": " + r.err;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+// Checks that nothing of splitd's remains in host: no table, no policy rule.
+void expect_no_footprint(const lab::Lab& lab) {
+  EXPECT_EQ(lab.exec(lab.host_ns(), "nft list tables").out.find("splitd"), std::string::npos);
+  EXPECT_EQ(lab.exec(lab.host_ns(), "ip rule").out.find("fwmark"), std::string::npos);
+  EXPECT_EQ(lab.exec(lab.host_ns(), "ip -6 rule").out.find("fwmark"), std::string::npos);
+}
+
+// Log lines other than the per-session ones of ordinary flows, for failure messages.
+std::string interesting_lines(const std::string& log) {
+  std::string out;
+  std::size_t pos = 0;
+  while (pos < log.size()) {
+    const std::size_t end = std::min(log.find('\n', pos), log.size());
+    const std::string line = log.substr(pos, end - pos);
+    if (line.find("(closed)") == std::string::npos) out += line + "\n";
+    pos = end + 1;
+  }
+  return out;
+}
+
+void raise_fd_limit() {
+  rlimit lim{65536, 65536};
+  setrlimit(RLIMIT_NOFILE, &lim);
+}
+
+TEST(TcpSplit, ExcludeModeRoutesByIp) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  // Baseline: with the VPN's default route everything goes through the tunnel.
+  ASSERT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "vpn 198.18.2.2 "));
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 ")) << splitd->log();
+  EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "vpn 198.18.2.2 "));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://[2001:db8::10]/"), "wan 2001:db8:ff:1::2 "));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://[2001:db8:1::10]/"), "vpn 2001:db8:ff:2::2 "));
+  EXPECT_EQ(splitd->terminate(), 0);
+  EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "vpn 198.18.2.2 "));
+  const std::string log = splitd->log();
+  EXPECT_NE(log.find("direct via phys0 rule 'ip 203.0.113.0/24'"), std::string::npos) << log;
+  EXPECT_NE(log.find("tunnel via tun0 rule 'default'"), std::string::npos) << log;
+}
+
+TEST(TcpSplit, IncludeModeRoutesByIp) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("include", {"198.51.100.0/24", "2001:db8:1::/64"}));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 ")) << splitd->log();
+  EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "vpn 198.18.2.2 "));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://[2001:db8::10]/"), "wan 2001:db8:ff:1::2 "));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://[2001:db8:1::10]/"), "vpn 2001:db8:ff:2::2 "));
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+// Deterministic data: block i of 64 KiB comes from a generator seeded with i.
+void fill_block(std::vector<std::uint64_t>& block, std::uint64_t index) {
+  std::uint64_t x = 0x9e3779b97f4a7c15ull ^ (index * 0xbf58476d1ce4e5b9ull) ^ 1;
+  for (auto& w : block) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    w = x;
+  }
+}
+
+struct BulkResult {
+  std::uint64_t sent = 0, received = 0, mismatches = 0;
+  double seconds = 0;
+};
+
+// Sends `total` bytes through the echo responder and checks every echoed byte.
+BulkResult bulk_echo(const std::string& ip, std::size_t total) {
+  BulkResult res;
+  auto c = tcp_connect(ip, lab::kTcpPort);
+  if (!c.fd) {
+    ADD_FAILURE() << "connect " << ip << ": " << std::strerror(c.error);
+    return res;
+  }
+  const std::string greeting = read_line(c.fd.get());
+  EXPECT_FALSE(greeting.empty());
+  constexpr std::size_t kBlock = 65536;
+  const auto start = Clock::now();
+  std::thread sender([&] {
+    std::vector<std::uint64_t> block(kBlock / 8);
+    for (std::uint64_t i = 0; res.sent < total; ++i) {
+      fill_block(block, i);
+      const std::size_t n = std::min<std::size_t>(kBlock, total - res.sent);
+      if (!send_all(c.fd.get(), block.data(), n)) break;
+      res.sent += n;
+    }
+    ::shutdown(c.fd.get(), SHUT_WR);
+  });
+  std::vector<std::uint64_t> expected(kBlock / 8);
+  std::vector<char> buf(kBlock);
+  std::uint64_t filled_for = ~0ull;
+  for (;;) {
+    const long n = recv_some(c.fd.get(), buf.data(), buf.size(), 10s);
+    if (n <= 0) break;
+    for (long k = 0; k < n; ++k) {
+      const std::uint64_t pos = res.received + static_cast<std::uint64_t>(k);
+      const std::uint64_t blk = pos / kBlock;
+      if (blk != filled_for) {
+        fill_block(expected, blk);
+        filled_for = blk;
+      }
+      if (buf[static_cast<std::size_t>(k)] != reinterpret_cast<const char*>(expected.data())[pos % kBlock]) {
+        res.mismatches++;
+      }
+    }
+    res.received += static_cast<std::uint64_t>(n);
+  }
+  sender.join();
+  res.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return res;
+}
+
+TEST(TcpSplit, BulkTransferBothWaysIntact) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  struct Case { const char* ip; std::size_t bytes; const char* path; };
+  for (const Case c : {Case{"203.0.113.10", 256u << 20, "direct"}, Case{"2001:db8::10", 64u << 20, "direct v6"},
+                       Case{"198.51.100.10", 32u << 20, "tunnel"}}) {
+    BulkResult r;
+    lab->in_ns(lab->host_ns(), [&] { r = bulk_echo(c.ip, c.bytes); });
+    EXPECT_EQ(r.sent, c.bytes) << c.path;
+    EXPECT_EQ(r.received, c.bytes) << c.path;
+    EXPECT_EQ(r.mismatches, 0u) << c.path;
+    std::printf("bulk %s: %zu MiB each way in %.2f s (%.0f MiB/s each way)\n", c.path, c.bytes >> 20,
+                r.seconds, static_cast<double>(c.bytes >> 20) / r.seconds);
+  }
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+TEST(TcpSplit, HalfCloseKeepsTheOtherDirection) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  for (const char* ip : {"203.0.113.10", "198.51.100.10", "2001:db8::10"}) {
+    lab->in_ns(lab->host_ns(), [&] {
+      auto c = tcp_connect(ip, lab::kTcpPort);
+      ASSERT_TRUE(c.fd) << ip << ": " << std::strerror(c.error);
+      EXPECT_FALSE(read_line(c.fd.get()).empty());
+      ASSERT_TRUE(send_all(c.fd.get(), "first half\n"));
+      ASSERT_EQ(::shutdown(c.fd.get(), SHUT_WR), 0);
+      // Our side is closed for writing; the server's echo and its FIN still arrive.
+      int err = 0;
+      EXPECT_EQ(read_to_eof(c.fd.get(), &err), "first half\n") << ip;
+      EXPECT_EQ(err, 0) << ip;
+    });
+  }
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+TEST(TcpSplit, ServerResetReachesClient) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  // A server in wan that resets every connection after reading one line.
+  std::atomic<bool> listening{false};
+  std::thread server([&] {
+    lab->in_ns(lab->wan_ns(), [&] {
+      Fd l(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      const int one = 1;
+      ::setsockopt(l.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(9100);
+      a.sin_addr.s_addr = htonl(0xcb00710a);  // 203.0.113.10
+      ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+      ::listen(l.get(), 4);
+      listening = true;
+      Fd s(::accept(l.get(), nullptr, nullptr));
+      read_line(s.get());
+      const linger lg{1, 0};
+      ::setsockopt(s.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    });
+  });
+  while (!listening) std::this_thread::sleep_for(1ms);
+  lab->in_ns(lab->host_ns(), [&] {
+    auto c = tcp_connect("203.0.113.10", 9100);
+    ASSERT_TRUE(c.fd);
+    ASSERT_TRUE(send_all(c.fd.get(), "reset me\n"));
+    int err = 0;
+    read_to_eof(c.fd.get(), &err);
+    EXPECT_EQ(err, -ECONNRESET) << "the server's reset must reach the client as a reset";
+  });
+  server.join();
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+TEST(TcpSplit, ClosedPortFailsFastUnreachableWithinConnectTimeout) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers, "connect_timeout = \"1s\""));
+  lab->in_ns(lab->host_ns(), [&] {
+    // Closed port: the server's RST becomes a reset for the client at once.
+    auto start = Clock::now();
+    auto c = tcp_connect("203.0.113.10", 9999);
+    int err = 0;
+    if (c.fd) read_to_eof(c.fd.get(), &err, 3s);
+    else err = -c.error;
+    auto took = Clock::now() - start;
+    EXPECT_EQ(err, -ECONNRESET);
+    EXPECT_LT(took, 1s);
+    std::printf("closed port: reset after %lld ms\n",
+                static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+    // Nobody answers at 203.0.113.99 (wan drops it): reset after connect_timeout.
+    start = Clock::now();
+    c = tcp_connect("203.0.113.99", 80);
+    err = 0;
+    if (c.fd) read_to_eof(c.fd.get(), &err, 5s);
+    else err = -c.error;
+    took = Clock::now() - start;
+    EXPECT_EQ(err, -ECONNRESET);
+    EXPECT_GE(took, 900ms);
+    EXPECT_LT(took, 2s);
+    std::printf("unreachable: reset after %lld ms (connect_timeout 1s)\n",
+                static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+  });
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+TEST(TcpSplit, ThousandConcurrentConnections) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  raise_fd_limit();
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  constexpr int kConns = 1000;
+  int ok = 0;
+  lab->in_ns(lab->host_ns(), [&] {
+    std::vector<Fd> conns;
+    for (int i = 0; i < kConns; ++i) {
+      // Half direct, half through the tunnel.
+      auto c = tcp_connect(i % 2 ? "203.0.113.10" : "198.51.100.10", lab::kTcpPort, 10s);
+      ASSERT_TRUE(c.fd) << "connection " << i << ": " << std::strerror(c.error);
+      conns.push_back(std::move(c.fd));
+    }
+    // All 1000 are open at once; now each must complete an exchange.
+    for (int i = 0; i < kConns; ++i) {
+      const int fd = conns[static_cast<std::size_t>(i)].get();
+      const auto t0 = Clock::now();
+      if (read_line(fd, 10s).empty()) {
+        ADD_FAILURE() << "connection " << i << ": no greeting after "
+                      << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count() << " ms";
+        continue;
+      }
+      const std::string msg = "ping " + std::to_string(i) + "\n";
+      if (!send_all(fd, msg)) continue;
+      if (read_line(fd, 10s) == msg) ok++;
+      else ADD_FAILURE() << "connection " << i << ": no echo";
+    }
+  });
+  EXPECT_EQ(ok, kConns) << interesting_lines(splitd->log());
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+TEST(TcpSplit, FiveThousandShortConnectionsWithoutStall) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  int failures = 0;
+  std::chrono::microseconds worst{0};
+  const auto start = Clock::now();
+  lab->in_ns(lab->host_ns(), [&] {
+    for (int i = 0; i < 5000; ++i) {
+      const auto t0 = Clock::now();
+      auto c = tcp_connect("203.0.113.10", lab::kTcpPort, 2s);
+      if (!c.fd || read_line(c.fd.get(), 2s).empty()) failures++;
+      worst = std::max(worst, std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0));
+    }
+  });
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  std::printf("5000 short connections: %.2f s (%.0f/s), slowest %lld us\n", secs, 5000 / secs,
+              static_cast<long long>(worst.count()));
+  EXPECT_EQ(failures, 0);
+  EXPECT_LT(worst, 200ms);
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+TEST(TcpSplit, InboundConnectionsStillWork) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  std::atomic<bool> listening{false};
+  std::thread server([&] {
+    lab->in_ns(lab->host_ns(), [&] {
+      Fd l(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      const int one = 1;
+      ::setsockopt(l.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(8080);
+      ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+      ::listen(l.get(), 4);
+      listening = true;
+      Fd s(::accept(l.get(), nullptr, nullptr));
+      send_all(s.get(), "hello from host\n");
+    });
+  });
+  while (!listening) std::this_thread::sleep_for(1ms);
+  lab->in_ns(lab->wan_ns(), [&] {
+    auto c = tcp_connect(lab::kHostPhys4, 8080);
+    ASSERT_TRUE(c.fd) << std::strerror(c.error);
+    EXPECT_EQ(read_line(c.fd.get()), "hello from host\n");
+  });
+  server.join();
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+TEST(TcpSplit, KillSwitchBlocksTunnelFlowsWithoutLeaking) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  // Count, in wan, every packet for the tunnel-only destination.
+  ASSERT_EQ(lab->exec(lab->wan_ns(),
+                      "nft add table inet leak && "
+                      "nft add chain inet leak pre '{ type filter hook prerouting priority -300; }' && "
+                      "nft add rule inet leak pre ip daddr 198.51.100.10 counter")
+                .exit_code, 0);
+  auto splitd = SplitdProcess::start(
+      *lab, config("exclude", kExcludeWanServers, "", "on_tunnel_down = \"block\""));
+  // The tunnel goes away: its routes vanish and the kernel's default is phys0 again.
+  ASSERT_EQ(lab->exec(lab->host_ns(), "ip link set tun0 down").exit_code, 0);
+  ASSERT_TRUE(splitd->wait_for_log("tunnel none")) << splitd->log();
+  lab->in_ns(lab->host_ns(), [&] {
+    for (int i = 0; i < 5; ++i) {
+      auto c = tcp_connect("198.51.100.10", lab::kTcpPort);
+      int err = 0;
+      std::string got;
+      if (c.fd) got = read_to_eof(c.fd.get(), &err, 2s);
+      EXPECT_EQ(got, "") << "a tunnel-routed flow got through with the tunnel down";
+    }
+    // Bypassed flows keep working.
+    auto ok = tcp_connect("203.0.113.10", lab::kTcpPort);
+    ASSERT_TRUE(ok.fd);
+    EXPECT_EQ(read_line(ok.fd.get()).rfind("wan ", 0), 0u);
+  });
+  const std::string counter = lab->exec(lab->wan_ns(), "nft list table inet leak").out;
+  EXPECT_NE(counter.find("counter packets 0 bytes 0"), std::string::npos) << counter;
+  EXPECT_NE(splitd->log().find("kill switch: tunnel down"), std::string::npos);
+  EXPECT_EQ(splitd->terminate(), 0);
+  // Control: without splitd the same flow leaks to wan, so the counter does count.
+  lab->in_ns(lab->host_ns(), [&] { tcp_connect("198.51.100.10", lab::kTcpPort, 1s); });
+  EXPECT_EQ(lab->exec(lab->wan_ns(), "nft list table inet leak").out.find("counter packets 0 bytes 0"),
+            std::string::npos);
+}
+
+TEST(TcpSplit, IdleTimeoutAndMaxSessions) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(
+      *lab, config("exclude", kExcludeWanServers, "idle_timeout = \"500ms\"\nmax_sessions = 3"));
+  lab->in_ns(lab->host_ns(), [&] {
+    std::vector<Fd> held;
+    for (int i = 0; i < 3; ++i) {
+      auto c = tcp_connect("203.0.113.10", lab::kTcpPort);
+      ASSERT_TRUE(c.fd);
+      ASSERT_FALSE(read_line(c.fd.get()).empty());
+      held.push_back(std::move(c.fd));
+    }
+    // A fourth flow is over max_sessions: refused with a reset, not left hanging.
+    auto over = tcp_connect("203.0.113.10", lab::kTcpPort);
+    int err = -over.error;  // the reset may already be reported by connect's SO_ERROR
+    if (over.fd) read_to_eof(over.fd.get(), &err, 2s);
+    EXPECT_EQ(err, -ECONNRESET);
+    // The held flows go idle and are closed after 500 ms.
+    const auto t0 = Clock::now();
+    std::string rest = read_to_eof(held[0].get(), &err, 3s);
+    const auto took = Clock::now() - t0;
+    EXPECT_EQ(rest, "");
+    EXPECT_GE(took, 300ms);
+    EXPECT_LT(took, 2s);
+  });
+  EXPECT_NE(splitd->log().find("max_sessions (3) reached"), std::string::npos);
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+TEST(TcpSplit, SessionListWhileRunning) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  lab->in_ns(lab->host_ns(), [&] {
+    auto c = tcp_connect("198.51.100.10", lab::kTcpPort);
+    ASSERT_TRUE(c.fd);
+    ASSERT_FALSE(read_line(c.fd.get()).empty());
+    ASSERT_TRUE(send_all(c.fd.get(), "0123456789\n"));
+    ASSERT_EQ(read_line(c.fd.get()), "0123456789\n");
+    splitd->signal(SIGUSR1);
+    ASSERT_TRUE(splitd->wait_for_log("-> 198.51.100.10:9000 tunnel via tun0 rule 'default' sent 11B/"))
+        << splitd->log();
+  });
+  EXPECT_NE(splitd->log().find("sessions: 1 active"), std::string::npos) << splitd->log();
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+TEST(TcpSplit, NothingRemainsAfterStopOrCrash) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  const std::string cfg = config("exclude", kExcludeWanServers);
+  auto splitd = SplitdProcess::start(*lab, cfg);
+  EXPECT_NE(lab->exec(lab->host_ns(), "nft list tables").out.find("inet splitd"), std::string::npos);
+  const auto t0 = Clock::now();
+  EXPECT_EQ(splitd->terminate(), 0);
+  EXPECT_LT(Clock::now() - t0, 2s);
+  expect_no_footprint(*lab);
+
+  // A crash leaves the footprint; the next start cleans it up and works; SIGTERM removes all.
+  splitd = SplitdProcess::start(*lab, cfg);
+  splitd->kill_hard();
+  EXPECT_NE(lab->exec(lab->host_ns(), "nft list tables").out.find("inet splitd"), std::string::npos);
+  splitd = SplitdProcess::start(*lab, cfg);
+  EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 "));
+  EXPECT_EQ(lab->exec(lab->host_ns(), "ip rule | grep -c fwmark").out, "1\n");
+  EXPECT_EQ(splitd->terminate(), 0);
+  expect_no_footprint(*lab);
+}
+
+TEST(TcpSplit, RestoresItsTableWhenRemoved) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  ASSERT_EQ(lab->exec(lab->host_ns(), "nft delete table inet splitd").exit_code, 0);
+  ASSERT_TRUE(splitd->wait_for_log("restoring it", 8s)) << splitd->log();
+  std::this_thread::sleep_for(100ms);
+  EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 "));
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+}  // namespace
+}  // namespace splitd::e2e
