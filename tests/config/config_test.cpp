@@ -181,3 +181,22 @@ TEST(Config, LoadFileErrors) {
 
 }  // namespace
 }  // namespace splitd::config
+
+namespace splitd::config {
+namespace {
+
+// The shipped example must stay valid and keep the defaults it documents.
+TEST(Config, ShippedExampleIsValidAndDefault) {
+  auto c = load_file(SPLITD_SOURCE_DIR "/deploy/splitd.toml");
+  ASSERT_TRUE(c.has_value()) << c.error().front().to_string();
+  const Config defaults;
+  EXPECT_EQ(c->proxy.port, defaults.proxy.port);
+  EXPECT_EQ(c->proxy.idle_timeout, defaults.proxy.idle_timeout);
+  EXPECT_EQ(c->firewall.never_intercept, defaults.firewall.never_intercept);
+  EXPECT_EQ(c->split.ips, defaults.split.ips);
+  EXPECT_EQ(c->split.domains, defaults.split.domains);
+  EXPECT_EQ(c->dns.servers, defaults.dns.servers);
+}
+
+}  // namespace
+}  // namespace splitd::config

@@ -177,6 +177,59 @@ TEST(TcpSplit, BulkTransferBothWaysIntact) {
   EXPECT_EQ(splitd->terminate(), 0);
 }
 
+struct RateResult {
+  int failures = 0;
+  double per_second = 0;
+  std::chrono::microseconds worst{0};
+};
+
+RateResult connection_rate(const std::string& ip, int count) {
+  RateResult r;
+  const auto start = Clock::now();
+  for (int i = 0; i < count; ++i) {
+    const auto t0 = Clock::now();
+    auto c = tcp_connect(ip, lab::kTcpPort, 2s);
+    if (!c.fd || read_line(c.fd.get(), 2s).empty()) r.failures++;
+    r.worst = std::max(r.worst, std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0));
+  }
+  r.per_second = count / std::chrono::duration<double>(Clock::now() - start).count();
+  return r;
+}
+
+// Figures for people, measured side by side in one run: the same transfers over the
+// direct path (no proxy; the VPN route off) and through splitd (bypassed to phys0).
+// Timing is printed, not asserted (bench/ owns speed goals); integrity is asserted.
+TEST(TcpSplit, FiguresNextToTheDirectPath) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{false});
+  constexpr std::size_t kBytes = 256u << 20;
+  constexpr int kConns = 3000;
+  BulkResult direct_bulk, splitd_bulk;
+  RateResult direct_rate, splitd_rate;
+  lab->in_ns(lab->host_ns(), [&] {
+    direct_bulk = bulk_echo("203.0.113.10", kBytes);
+    direct_rate = connection_rate("203.0.113.10", kConns);
+  });
+  lab->set_vpn_default_route(true);
+  auto splitd = SplitdProcess::start(*lab, "[split]\nmode = \"exclude\"\nips = [\"203.0.113.0/24\"]\n[dns]\nenabled = false\n");
+  lab->in_ns(lab->host_ns(), [&] {
+    splitd_bulk = bulk_echo("203.0.113.10", kBytes);
+    splitd_rate = connection_rate("203.0.113.10", kConns);
+  });
+  EXPECT_EQ(splitd->terminate(), 0);
+  for (const BulkResult* b : {&direct_bulk, &splitd_bulk}) {
+    EXPECT_EQ(b->received, kBytes);
+    EXPECT_EQ(b->mismatches, 0u);
+  }
+  EXPECT_EQ(direct_rate.failures + splitd_rate.failures, 0);
+  const double d_mibs = (kBytes >> 20) / direct_bulk.seconds, s_mibs = (kBytes >> 20) / splitd_bulk.seconds;
+  std::printf("\n%-34s %12s %12s %8s\n", "lab, TCP over phys0", "direct", "splitd", "ratio");
+  std::printf("%-34s %12.0f %12.0f %8.2f\n", "echo 256 MiB each way, MiB/s", d_mibs, s_mibs, s_mibs / d_mibs);
+  std::printf("%-34s %12.0f %12.0f %8.2f\n", "sequential connections/s", direct_rate.per_second,
+              splitd_rate.per_second, splitd_rate.per_second / direct_rate.per_second);
+  std::printf("%-34s %12lld %12lld\n", "slowest connection, us", static_cast<long long>(direct_rate.worst.count()),
+              static_cast<long long>(splitd_rate.worst.count()));
+}
+
 TEST(TcpSplit, HalfCloseKeepsTheOtherDirection) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
   auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
@@ -381,6 +434,30 @@ TEST(TcpSplit, KillSwitchBlocksTunnelFlowsWithoutLeaking) {
   lab->in_ns(lab->host_ns(), [&] { tcp_connect("198.51.100.10", lab::kTcpPort, 1s); });
   EXPECT_EQ(lab->exec(lab->wan_ns(), "nft list table inet leak").out.find("counter packets 0 bytes 0"),
             std::string::npos);
+}
+
+// A VPN client's kill switch (as wg-quick, Mullvad or IVPN install one): an output
+// filter that drops whatever does not leave through the tunnel or loopback. splitd's
+// bypassed flows pass when it allows splitd's bypass mark, as README.md tells users.
+TEST(TcpSplit, CoexistsWithAVpnKillSwitch) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  const std::string kill_switch =
+      "nft add table inet vpnks && "
+      "nft add chain inet vpnks out '{ type filter hook output priority 0; policy drop; }' && "
+      "nft add rule inet vpnks out oifname { lo, tun0 } accept && "
+      "nft add rule inet vpnks out ip daddr 198.18.1.0/24 accept && "
+      "nft add rule inet vpnks out ip6 daddr 2001:db8:ff:1::/64 accept";
+  ASSERT_EQ(lab->exec(lab->host_ns(), kill_switch).exit_code, 0);
+  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  // Without an allowance the kill switch drops the bypassed flow; the tunnel still works.
+  EXPECT_FALSE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan "));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "vpn 198.18.2.2 "));
+  // With the documented allowance (accept splitd's bypass mark), bypassed flows go out.
+  ASSERT_EQ(lab->exec(lab->host_ns(), "nft insert rule inet vpnks out meta mark 0x5d2 accept").exit_code, 0);
+  EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 ")) << splitd->log();
+  EXPECT_TRUE(starts_with(curl(*lab, "http://[2001:db8::10]/"), "wan 2001:db8:ff:1::2 "));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "vpn 198.18.2.2 "));
+  EXPECT_EQ(splitd->terminate(), 0);
 }
 
 TEST(TcpSplit, IdleTimeoutAndMaxSessions) {
