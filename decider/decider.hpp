@@ -9,6 +9,9 @@
 
 #include "common/cidr.hpp"
 #include "common/ip_address.hpp"
+#include "decider/app_matcher.hpp"
+#include "decider/domain_matcher.hpp"
+#include "decider/prefix_trie.hpp"
 #include "iface/interface_cache.hpp"
 
 namespace splitd::decider {
@@ -34,7 +37,16 @@ struct SessionInfo {
   std::uint16_t src_port = 0;
   IpAddress dst;  // the original destination
   std::uint16_t dst_port = 0;
+  // The app that opened the flow, where known (empty / 0 when not).
+  std::int32_t pid = 0;
+  std::string cgroup_path;  // cgroup v2 path, e.g. "/user.slice/.../app-slack-1.scope"
+  std::string comm;         // /proc/PID/comm
+  std::string exe;          // /proc/PID/exe
 };
+
+// Which kind of rule decided a flow (for metrics and logs).
+enum class MatchKind : std::uint8_t { kNone, kApp, kDomain, kIp };
+const char* to_string(MatchKind k);
 
 // The decider's answer: where the flow goes, bound to what, and why.
 struct Route {
@@ -43,6 +55,7 @@ struct Route {
   std::string interface;           // empty for kBlock
   std::optional<IpAddress> source; // the interface's address of the flow's family
   std::string rule;                // what decided: "ip 10.0.0.0/8", "default", "kill switch"
+  MatchKind matched = MatchKind::kNone;  // the kind of rule that matched, kNone = default
 };
 
 // Decides the route of new flows. Implementations are called from every proxy thread at
@@ -53,19 +66,59 @@ class Decider {
   virtual Route decide(const SessionInfo& info) const = 0;
 };
 
-// The rules of the current config, immutable once built (swapped whole on reload).
-struct RuleSet {
+// The names a destination IP was resolved from (filled from captured DNS answers). Called
+// from every proxy thread at once; must not block.
+class IpNames {
+ public:
+  virtual ~IpNames();
+  virtual std::vector<std::string> names_for(const IpAddress& ip) const = 0;
+};
+
+// The [split] rules as configured, before indexing.
+struct RuleSpec {
   Mode mode = Mode::kExclude;
   OnTunnelDown on_tunnel_down = OnTunnelDown::kBlock;
   std::vector<Cidr> ips;
+  std::vector<std::string> domains;
+  std::vector<AppSpec> apps;
 };
 
-// The rule engine's first version: IP/CIDR rules with include/exclude mode and the kill
-// switch, resolved against the current interface snapshot. Reads rules and interfaces
-// from atomically swapped snapshots: decide() takes no lock.
+// What a rule set says about a flow, before interfaces are considered.
+struct RuleMatch {
+  MatchKind kind = MatchKind::kNone;
+  std::string rule = "default";  // "app Slack", "domain *.x.com (a.x.com)", "ip 10.0.0.0/8"
+};
+
+// The rules of the current config with their lookup indexes, immutable once built
+// (RuleSet::build / build_rules) and swapped whole on reload; match() is safe from any
+// number of threads. The RuleSpec fields keep the rules as given (for the API). A RuleSet
+// filled by hand without build() only matches its ips, by a linear scan.
+struct RuleSet : RuleSpec {
+  static std::shared_ptr<const RuleSet> build(const RuleSpec& spec);
+
+  // Precedence, first match wins: apps (in order), then domains (any name of the
+  // destination that `names` knows; nullptr = none known), then ips (longest prefix).
+  RuleMatch match(const SessionInfo& info, const IpNames* names) const;
+
+  std::size_t invalid_domains = 0;  // patterns build() skipped (config validates them first)
+
+ private:
+  bool built_ = false;
+  PrefixTrie ip_index_;
+  std::vector<std::string> ip_labels_;  // "ip 10.0.0.0/8", by rule index
+  DomainMatcher domain_index_;
+};
+
+std::shared_ptr<const RuleSet> build_rules(const RuleSpec& spec);
+
+// The rule engine of SPEC "Routing semantics": app, domain and IP rules with include /
+// exclude mode and the kill switch, resolved against the current interface snapshot.
+// Reads rules and interfaces from atomically swapped snapshots: decide() takes no lock.
+// `names` (may be nullptr: no names known) must outlive the decider.
 class RuleDecider final : public Decider {
  public:
-  RuleDecider(const iface::InterfaceSource& interfaces, std::shared_ptr<const RuleSet> rules);
+  RuleDecider(const iface::InterfaceSource& interfaces, std::shared_ptr<const RuleSet> rules,
+              const IpNames* names = nullptr);
   Route decide(const SessionInfo& info) const override;
   void set_rules(std::shared_ptr<const RuleSet> rules) { rules_.store(std::move(rules)); }
   std::shared_ptr<const RuleSet> rules() const { return rules_.load(); }
@@ -73,6 +126,7 @@ class RuleDecider final : public Decider {
  private:
   const iface::InterfaceSource& interfaces_;
   std::atomic<std::shared_ptr<const RuleSet>> rules_;
+  const IpNames* names_;
 };
 
 // Resolves a route kind to an interface of the snapshot (used by RuleDecider; exposed for

@@ -11,11 +11,11 @@ using fakes::ip;
 
 std::shared_ptr<const RuleSet> rules(Mode mode, std::vector<const char*> cidrs,
                                      OnTunnelDown down = OnTunnelDown::kBlock) {
-  auto r = std::make_shared<RuleSet>();
-  r->mode = mode;
-  r->on_tunnel_down = down;
-  for (const char* c : cidrs) r->ips.push_back(*Cidr::parse(c));
-  return r;
+  RuleSpec spec;
+  spec.mode = mode;
+  spec.on_tunnel_down = down;
+  for (const char* c : cidrs) spec.ips.push_back(*Cidr::parse(c));
+  return build_rules(spec);
 }
 
 SessionInfo to(const char* dst) {
@@ -107,6 +107,17 @@ TEST(RuleDecider, NoPhysicalInterface) {
   EXPECT_EQ(r.kind, RouteKind::kBlock);
   EXPECT_EQ(r.rule, "default; no physical IPv6 interface");
   EXPECT_EQ(d.decide(to("203.0.113.10")).kind, RouteKind::kDirect);
+}
+
+TEST(RuleDecider, HandBuiltRuleSetStillMatchesIps) {
+  fakes::FakeInterfaceSource source(fakes::lab_host_state(true));
+  auto r = std::make_shared<RuleSet>();
+  r->ips = {*Cidr::parse("10.0.0.0/8"), *Cidr::parse("10.1.0.0/16")};
+  RuleDecider d(source, r);
+  const Route route = d.decide(to("10.1.2.3"));
+  EXPECT_EQ(route.kind, RouteKind::kDirect);
+  EXPECT_EQ(route.rule, "ip 10.1.0.0/16");
+  EXPECT_EQ(route.matched, MatchKind::kIp);
 }
 
 TEST(RuleDecider, RulesSwapAtomically) {
