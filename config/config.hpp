@@ -22,11 +22,13 @@ struct DaemonSection {
   std::string api_token_file = "/etc/splitd/api.token";
   std::string state_dir = "/var/lib/splitd";
   log::Level log_level = log::Level::kInfo;
+  friend bool operator==(const DaemonSection&, const DaemonSection&) = default;
 };
 
 struct InterfacesSection {
   std::string physical = "auto";
   std::string tunnel = "auto";
+  friend bool operator==(const InterfacesSection&, const InterfacesSection&) = default;
 };
 
 struct ProxySection {
@@ -35,6 +37,7 @@ struct ProxySection {
   Duration connect_timeout = std::chrono::seconds(10);
   Duration idle_timeout = std::chrono::minutes(5);
   Duration udp_idle_timeout = std::chrono::seconds(60);
+  friend bool operator==(const ProxySection&, const ProxySection&) = default;
 };
 
 struct FirewallSection {
@@ -44,6 +47,7 @@ struct FirewallSection {
   bool ipv6 = true;
   std::vector<Cidr> never_intercept;  // defaults filled by Config's constructor
   decider::OnTunnelDown on_tunnel_down = decider::OnTunnelDown::kBlock;
+  friend bool operator==(const FirewallSection&, const FirewallSection&) = default;
 };
 
 struct AppRule {
@@ -51,6 +55,7 @@ struct AppRule {
   std::string cgroup;
   std::string comm;
   std::string path;
+  friend bool operator==(const AppRule&, const AppRule&) = default;
 };
 
 struct SplitSection {
@@ -58,6 +63,7 @@ struct SplitSection {
   std::vector<std::string> domains;
   std::vector<Cidr> ips;
   std::vector<AppRule> apps;
+  friend bool operator==(const SplitSection&, const SplitSection&) = default;
 };
 
 struct DnsSection {
@@ -66,6 +72,7 @@ struct DnsSection {
   std::vector<IpAddress> direct_servers;
   Duration cache_ttl = std::chrono::minutes(5);
   std::uint16_t intercept_port = 53;
+  friend bool operator==(const DnsSection&, const DnsSection&) = default;
 };
 
 // splitd's whole configuration (SPEC.md "Configuration"). A default-constructed Config

@@ -3,6 +3,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <iostream>
 #include <string>
 #include <string_view>
@@ -136,7 +137,13 @@ int main(int argc, char** argv) {
       }
       return splitd::daemon::check(path);
     }
-    return splitd::daemon::run(path, given);
+    // An exception must unwind run(): its guards remove the rules and restore rp_filter.
+    try {
+      return splitd::daemon::run(path, given);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "splitd: fatal: %s\n", e.what());
+      return kExitRuntime;
+    }
   }
   if (cmd == "version" || cmd == "--version") return cmd_version();
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {

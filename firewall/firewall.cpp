@@ -1,6 +1,9 @@
 #include "firewall/firewall.hpp"
 
 #include <linux/netlink.h>
+#include <sys/socket.h>
+
+#include <algorithm>
 
 #include "common/log.hpp"
 #include "firewall/nft_batch.hpp"
@@ -91,6 +94,25 @@ bool Firewall::installed() const {
     return false;
   }
   return *exists;
+}
+
+bool Firewall::intact(const FirewallConfig& config) const {
+  if (!installed()) return false;
+  for (int family : {AF_INET, AF_INET6}) {
+    if (family == AF_INET6 && !config.ipv6) continue;
+    auto rules = impl_->routing.rules(family);
+    auto routes = impl_->routing.routes(family);
+    if (!rules || !routes) return false;
+    const bool has_rule = std::any_of(rules->begin(), rules->end(), [&](const PolicyRule& r) {
+      return r.fwmark == config.mark && r.table == config.route_table &&
+             r.priority == config.rule_priority;
+    });
+    const bool has_route = std::any_of(routes->begin(), routes->end(), [&](const PolicyRoute& r) {
+      return r.table == config.route_table && r.dst_len == 0;
+    });
+    if (!has_rule || !has_route) return false;
+  }
+  return true;
 }
 
 }  // namespace splitd::firewall

@@ -86,6 +86,11 @@ class Firewall final : public FirewallBackend {
   // are logged). For self-repair after another program deleted the table.
   bool installed() const override;
 
+  // Whether the whole footprint of `config` is in place: the table, and per family the
+  // fwmark rule and the local route of its table. Another program (a VPN client, a
+  // network manager, `ip rule flush`) may remove either; the daemon re-installs then.
+  bool intact(const FirewallConfig& config) const;
+
   static std::vector<Cidr> default_never_intercept() {
     return FirewallConfig::default_never_intercept();
   }

@@ -116,6 +116,12 @@ Expected<bool, NetlinkFailure> InterfaceCache::dump(int family, std::uint16_t ty
     auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
     rtm->rtm_family = static_cast<unsigned char>(family);
   }
+  // Replies of an earlier dump that failed half-way would fail this one's seq check.
+  std::vector<std::uint8_t> stale(kRecvBufferSize);
+  for (;;) {
+    auto n = receive(mnl_socket_get_fd(request_sock_.get()), stale, true);
+    if (!n || *n == 0) break;
+  }
   if (mnl_socket_sendto(request_sock_.get(), nlh, nlh->nlmsg_len) < 0) {
     return unexpected(sock_fail("netlink send"));
   }

@@ -69,9 +69,11 @@ InterfaceKind classify(const LinkMsg& link) {
 
 namespace {
 
+// A route's identity as the kernel keys it: two IPv6 default routes through two routers
+// on one link (router advertisements) are two routes, not one.
 bool same_route(const RouteMsg& a, const RouteMsg& b) {
   return a.family == b.family && a.dst == b.dst && a.dst_len == b.dst_len && a.tos == b.tos &&
-         a.metric == b.metric && (a.oif == b.oif || a.oif == 0 || b.oif == 0);
+         a.metric == b.metric && a.oif == b.oif && a.gateway == b.gateway;
 }
 
 bool tracked_route(const RouteMsg& r) {
@@ -201,6 +203,28 @@ std::shared_ptr<const InterfaceSnapshot> InterfaceSnapshot::build(const NetlinkS
   };
   pick_physical(IpAddress::Family::kV4, snap->physical4_, snap->physical4_route_);
   pick_physical(IpAddress::Family::kV6, snap->physical6_, snap->physical6_route_);
+
+  // A VPN that replaced the default route (OpenVPN redirect-gateway without def1) leaves
+  // no default on a physical interface, but it keeps a route to its server through the
+  // physical gateway: that interface is the physical one.
+  const auto via_gateway = [&](IpAddress::Family family, std::uint32_t& chosen,
+                               std::optional<std::size_t>& route_index) {
+    if (chosen != 0 || !config.physical.empty()) return;
+    for (std::size_t i = 0; i < snap->routes_.size(); ++i) {
+      const Route& r = snap->routes_[i];
+      if (r.family != family || !r.gateway) continue;
+      const Interface* itf = snap->by_index(r.oif);
+      if (itf == nullptr || !itf->up() || itf->kind == InterfaceKind::kTunnel ||
+          itf->kind == InterfaceKind::kLoopback) {
+        continue;
+      }
+      if (route_index && snap->routes_[*route_index].metric <= r.metric) continue;
+      route_index = i;
+      chosen = itf->index;
+    }
+  };
+  via_gateway(IpAddress::Family::kV4, snap->physical4_, snap->physical4_route_);
+  via_gateway(IpAddress::Family::kV6, snap->physical6_, snap->physical6_route_);
 
   if (!config.tunnel.empty()) {
     if (const Interface* itf = snap->by_name(config.tunnel)) snap->tunnel_ = itf->index;

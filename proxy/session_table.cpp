@@ -19,9 +19,11 @@ void Session::touch() { last_activity_ms.store(steady_ms(), std::memory_order_re
 
 std::shared_ptr<Session> SessionTable::add(decider::Protocol protocol, const Endpoint& client,
                                            const Endpoint& destination,
-                                           const decider::Route& route) {
+                                           const decider::Route& route,
+                                           std::function<void()> kill) {
   auto s = std::make_shared<Session>();
   s->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  s->kill = std::move(kill);
   s->protocol = protocol;
   s->client = client;
   s->destination = destination;
@@ -35,10 +37,11 @@ std::shared_ptr<Session> SessionTable::add(decider::Protocol protocol, const End
 }
 
 void SessionTable::remove(const Session& session) {
+  // Under the lock, so totals() never counts a session twice or not at all.
+  std::lock_guard lock(mu_);
   finished_sent_.fetch_add(session.bytes_sent.load(std::memory_order_relaxed), std::memory_order_relaxed);
   finished_received_.fetch_add(session.bytes_received.load(std::memory_order_relaxed),
                                std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
   live_.erase(session.id);
 }
 
@@ -83,9 +86,9 @@ SessionTotals SessionTable::totals() const {
   t.refused = refused_.load(std::memory_order_relaxed);
   t.blocked = blocked_.load(std::memory_order_relaxed);
   t.failed = failed_.load(std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
   t.bytes_sent = finished_sent_.load(std::memory_order_relaxed);
   t.bytes_received = finished_received_.load(std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
   t.active = live_.size();
   for (const auto& [id, s] : live_) {
     t.bytes_sent += s->bytes_sent.load(std::memory_order_relaxed);

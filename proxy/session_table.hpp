@@ -19,6 +19,7 @@ struct Endpoint {
   IpAddress address;
   std::uint16_t port = 0;
   std::string to_string() const;  // "1.2.3.4:80", "[2001:db8::1]:80"
+  friend bool operator==(const Endpoint&, const Endpoint&) = default;
 };
 
 // One live flow. Its worker writes the counters; any thread may read them (relaxed
@@ -65,8 +66,10 @@ struct SessionTotals {
 // once when it ends, and by readers; never per packet. Thread-safe.
 class SessionTable {
  public:
+  // `kill` is set before the session is visible to other threads.
   std::shared_ptr<Session> add(decider::Protocol protocol, const Endpoint& client,
-                               const Endpoint& destination, const decider::Route& route);
+                               const Endpoint& destination, const decider::Route& route,
+                               std::function<void()> kill = {});
   void remove(const Session& session);
 
   std::vector<SessionView> list() const;

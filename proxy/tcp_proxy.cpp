@@ -6,7 +6,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cerrno>
+#include <mutex>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -33,6 +35,7 @@ constexpr std::size_t kSpliceChunk = 1 << 20;  // ask for up to the pipe's capac
 constexpr std::size_t kPipePoolMax = 64;
 constexpr int kListenBacklog = 4096;
 constexpr int kPortAttempts = 32;
+constexpr std::size_t kCopyChunk = 64 * 1024;
 
 Endpoint endpoint_of(const tcp::endpoint& ep) {
   return {net::to_ip(ep.address()).unmapped(), ep.port()};
@@ -75,6 +78,10 @@ class TcpProxy::Worker {
       tcp::acceptor acc(ctx_);
       error_code ec;
       acc.open(ep.protocol(), ec);
+      if (ec == asio::error::address_family_not_supported && v6) {
+        log::warn("tcp proxy: IPv6 is disabled on this host (", ec.message(), "); IPv4 only");
+        return {};
+      }
       if (ec) return unexpected("socket for " + ep.address().to_string() + ": " + ec.message());
       const int one = 1;
       acc.set_option(asio::socket_base::reuse_address(true), ec);
@@ -108,29 +115,44 @@ class TcpProxy::Worker {
   }
 
   void start() {
+    mailbox_->worker = this;
     for (auto& acc : acceptors_) asio::co_spawn(ctx_, accept_loop(acc), asio::detached);
     thread_ = std::thread([this] { ctx_.run(); });
   }
 
-  // Called from the controlling thread.
-  void stop(std::chrono::steady_clock::time_point deadline) {
+  // Called from the controlling thread, for every worker before any is joined: stop
+  // accepting and end every flow with a reset (an app must see its connection fail, not
+  // a clean EOF that truncates what it was receiving).
+  void request_stop() {
     asio::post(ctx_, [this] {
       stopping_ = true;
       error_code ec;
       for (auto& acc : acceptors_) acc.close(ec);
       for (auto& [id, flow] : flows_) {
-        flow.client->close(ec);
-        flow.upstream->close(ec);
+        reset(*flow.client);
+        reset(*flow.upstream);
       }
     });
-    // Sessions end as their sockets close; a worker still busy at the deadline is
-    // stopped hard.
+  }
+
+  // Waits for the sessions to end; a worker still busy at the deadline is stopped hard.
+  void join(std::chrono::steady_clock::time_point deadline) {
     while (!ctx_.stopped() && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    {
+      std::lock_guard lock(mailbox_->mu);
+      mailbox_->worker = nullptr;  // kill hooks of sessions that outlive us become no-ops
     }
     ctx_.stop();
     if (thread_.joinable()) thread_.join();
   }
+
+  // Lets Session::kill reach this worker while it exists, and do nothing afterwards.
+  struct Mailbox {
+    std::mutex mu;
+    Worker* worker = nullptr;
+  };
 
  private:
   struct Flow {
@@ -158,6 +180,12 @@ class TcpProxy::Worker {
     const tcp::endpoint local = client.local_endpoint(ec);
     const tcp::endpoint peer = ec ? tcp::endpoint() : client.remote_endpoint(ec);
     if (ec) co_return;
+    // TPROXY never delivers flows to loopback destinations (they are not intercepted); a
+    // local process connecting straight to the listener gets a reset, not a dial.
+    if (local.address().is_loopback() || net::to_ip(local.address()).is_loopback()) {
+      reset(client);
+      co_return;
+    }
     auto& opts = proxy_.options_;
     auto& table = proxy_.sessions_;
 
@@ -183,7 +211,17 @@ class TcpProxy::Worker {
     info.dst_port = local.port();
     const decider::Route route = proxy_.decider_.decide(info);
 
-    auto s = table.add(decider::Protocol::kTcp, endpoint_of(peer), endpoint_of(local), route);
+    // The kill hook is in place before the session is visible to other threads; it
+    // reaches this worker only while the worker exists (see Mailbox).
+    auto id_cell = std::make_shared<std::atomic<std::uint64_t>>(0);
+    auto s = table.add(decider::Protocol::kTcp, endpoint_of(peer), endpoint_of(local), route,
+                       [mailbox = mailbox_, id_cell] {
+                         std::lock_guard lock(mailbox->mu);
+                         if (Worker* w = mailbox->worker) {
+                           asio::post(w->ctx_, [w, id = id_cell->load()] { w->kill_flow(id); });
+                         }
+                       });
+    id_cell->store(s->id);
     struct Unregister {
       SessionTable& table;
       Session& s;
@@ -216,14 +254,6 @@ class TcpProxy::Worker {
       std::uint64_t id;
       ~Forget() { flows.erase(id); }
     } forget{flows_, s->id};
-    s->kill = [this, id = s->id] {
-      asio::post(ctx_, [this, id] {
-        if (auto it = flows_.find(id); it != flows_.end()) {
-          reset(*it->second.client);
-          reset(*it->second.upstream);
-        }
-      });
-    };
 
     // A source port can be taken (EADDRINUSE at bind) or its 4-tuple can be in use or in
     // TIME_WAIT (EADDRNOTAVAIL at connect): both are retried with the next port.
@@ -248,7 +278,11 @@ class TcpProxy::Worker {
       }
     }
     if (!connected) {
-      if (why.empty()) why = "no free source port after " + std::to_string(kPortAttempts) + " attempts";
+      if (why.empty()) {
+        why = "no free source port after " + std::to_string(kPortAttempts) + " attempts";
+        log::warn("tcp #", s->id, " ", s->destination.to_string(), ": ", why, " (range ",
+                  opts.source_port_min, "-", opts.source_port_max, ")");
+      }
       log::debug("tcp #", s->id, " ", s->destination.to_string(), " via ", route.interface, ": ", why);
       table.count_failed();
       reset(upstream);
@@ -258,6 +292,9 @@ class TcpProxy::Worker {
     }
     client.set_option(tcp::no_delay(true), ec);
     upstream.set_option(tcp::no_delay(true), ec);
+    // Urgent bytes stay in the stream (forwarded as data) instead of being dropped.
+    client.set_option(asio::socket_base::out_of_band_inline(true), ec);
+    upstream.set_option(asio::socket_base::out_of_band_inline(true), ec);
     client.non_blocking(true, ec);
     upstream.non_blocking(true, ec);
     s->touch();
@@ -266,6 +303,13 @@ class TcpProxy::Worker {
               watchdog(*s));
     refresh_packets(*s, client);
     finish(stopping_ ? "shutdown" : "closed");
+  }
+
+  void kill_flow(std::uint64_t id) {
+    if (auto it = flows_.find(id); it != flows_.end()) {
+      reset(*it->second.client);
+      reset(*it->second.upstream);
+    }
   }
 
   enum class UpstreamResult { kOpen, kPortBusy, kFailed };
@@ -279,8 +323,11 @@ class TcpProxy::Worker {
   // under a VPN's default route) may be given our port, and then our replies go to the
   // app's socket and our connect stalls. Apps never get ports outside the ephemeral
   // range. SO_REUSEADDR lets flows to different servers share a port; connect() still
-  // refuses a 4-tuple that is in use or in TIME_WAIT (EADDRNOTAVAIL, then we retry), so
-  // churn does not collide with TIME_WAIT the way a plain bind(port 0) does.
+  // checks the whole 4-tuple: one in use is refused (EADDRNOTAVAIL, we retry with the
+  // next port) and one in TIME_WAIT is recycled when the old connection used TCP
+  // timestamps (tcp_twsk_unique), refused otherwise. Limits: per source address and
+  // server ip:port, as many concurrent flows as the range has ports (4536 by default),
+  // and against servers without timestamps that many per TIME_WAIT period (60 s).
   UpstreamResult open_upstream(tcp::socket& s, const decider::Route& route, const IpAddress& dst) {
     const auto failed = [this](std::string why) {
       upstream_error_ = std::move(why);
@@ -338,12 +385,38 @@ class TcpProxy::Worker {
     if (p.valid() && pipes_.size() < kPipePoolMax) pipes_.push_back(std::move(p));
   }
 
+  // Writes buf[0, len) to `to`, waiting for room as needed. Returns 0 or an errno.
+  awaitable<int> write_all(Session& s, tcp::socket& to, const char* buf, std::size_t len) {
+    while (len > 0) {
+      const ssize_t m = ::send(to.native_handle(), buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (m > 0) {
+        buf += m;
+        len -= static_cast<std::size_t>(m);
+        s.touch();
+        continue;
+      }
+      if (m < 0 && (errno == EAGAIN || errno == EINTR)) {
+        error_code ec;
+        co_await to.async_wait(tcp::socket::wait_write, asio::redirect_error(net::use_awaitable, ec));
+        if (ec) co_return ECANCELED;
+        continue;
+      }
+      co_return m < 0 ? errno : EPIPE;
+    }
+    co_return 0;
+  }
+
   // Moves bytes from `from` to `to` until EOF (then half-closes `to`) or an error (then
   // resets both: a reset must reach the other side, not turn into a clean close).
   awaitable<void> pump(Session& s, tcp::socket& from, tcp::socket& to, bool upstream_dir) {
     auto& bytes = upstream_dir ? s.bytes_sent : s.bytes_received;
     tcp::socket& client = upstream_dir ? from : to;
     std::int64_t last_refresh = 0;
+    const auto finish_error = [&](int err) {
+      log::debug("tcp #", s.id, ": ", upstream_dir ? "client" : "server", " side: ", errno_text(err));
+      reset(from);
+      reset(to);
+    };
     for (;;) {
       error_code ec;
       co_await from.async_wait(tcp::socket::wait_read, asio::redirect_error(net::use_awaitable, ec));
@@ -356,7 +429,9 @@ class TcpProxy::Worker {
         co_return;
       }
       std::size_t in_pipe = 0;
+      std::size_t moved = 0;
       bool eof = false;
+      bool stuck = false;
       int fail = 0;
       // Drain what is readable now, pushing it out as it comes.
       for (;;) {
@@ -364,10 +439,14 @@ class TcpProxy::Worker {
                                    kSpliceChunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n > 0) {
           in_pipe += static_cast<std::size_t>(n);
+          moved += static_cast<std::size_t>(n);
           bytes.fetch_add(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
         } else if (n == 0) {
           eof = true;
-        } else if (errno != EAGAIN && errno != EINTR) {
+        } else if (errno == EAGAIN || errno == EINTR) {
+          // Readable yet nothing to splice: TCP urgent data stops splice at its mark.
+          stuck = moved == 0;
+        } else {
           fail = errno;
         }
         while (in_pipe > 0) {
@@ -375,6 +454,7 @@ class TcpProxy::Worker {
                                      SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
           if (m > 0) {
             in_pipe -= static_cast<std::size_t>(m);
+            s.touch();  // progress in either direction keeps a slow reader's flow alive
             continue;
           }
           if (m < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -387,19 +467,36 @@ class TcpProxy::Worker {
         }
         if (n <= 0 || fail != 0) break;
       }
-      s.touch();
+      if (fail != 0) {
+        finish_error(fail);
+        co_return;
+      }
+      give_pipe(std::move(pipe));  // empty here
+      if (stuck) {
+        // Past the urgent mark with a plain read (SO_OOBINLINE keeps the byte in the
+        // stream); the buffer exists only for this read.
+        auto buf = std::make_unique<char[]>(kCopyChunk);
+        const ssize_t r = ::recv(from.native_handle(), buf.get(), kCopyChunk, MSG_DONTWAIT);
+        if (r > 0) {
+          bytes.fetch_add(static_cast<std::uint64_t>(r), std::memory_order_relaxed);
+          moved += static_cast<std::size_t>(r);
+          if (const int err = co_await write_all(s, to, buf.get(), static_cast<std::size_t>(r)); err != 0) {
+            if (err != ECANCELED) finish_error(err);
+            co_return;
+          }
+        } else if (r == 0) {
+          eof = true;
+        } else if (errno != EAGAIN && errno != EINTR) {
+          finish_error(errno);
+          co_return;
+        }
+      }
+      if (moved > 0) s.touch();
       const std::int64_t now = steady_ms();
       if (now - last_refresh >= 100) {
         refresh_packets(s, client);
         last_refresh = now;
       }
-      if (fail != 0) {
-        log::debug("tcp #", s.id, ": ", upstream_dir ? "client" : "server", " side: ", errno_text(fail));
-        reset(from);
-        reset(to);
-        co_return;
-      }
-      if (in_pipe == 0) give_pipe(std::move(pipe));
       if (eof) {
         to.shutdown(tcp::socket::shutdown_send, ec);
         co_return;
@@ -427,12 +524,15 @@ class TcpProxy::Worker {
 
   TcpProxy& proxy_;
   [[maybe_unused]] unsigned index_;
-  asio::io_context ctx_{1};
-  std::vector<tcp::acceptor> acceptors_;
+  // Declared before ctx_: destroying ctx_ destroys the frames of sessions still alive
+  // at a hard stop, and their destructors touch these.
   std::unordered_map<std::uint64_t, Flow> flows_;
   std::vector<Pipe> pipes_;
   std::string upstream_error_;
   bool stopping_ = false;
+  std::shared_ptr<Mailbox> mailbox_ = std::make_shared<Mailbox>();
+  asio::io_context ctx_{1};
+  std::vector<tcp::acceptor> acceptors_;  // after ctx_: they need it to close
   std::thread thread_;
 };
 
@@ -450,6 +550,8 @@ std::pair<std::uint16_t, std::uint16_t> upstream_port_range(unsigned low, unsign
 }
 
 Expected<void, std::string> TcpProxy::start() {
+  // splice(2) to a socket the peer reset raises SIGPIPE; the proxy handles EPIPE instead.
+  ::signal(SIGPIPE, SIG_IGN);
   if (options_.source_port_min == 0 && options_.source_port_max == 0) {
     unsigned low = 32768, high = 60999;
     std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> low >> high;
@@ -478,7 +580,8 @@ Expected<void, std::string> TcpProxy::start() {
 
 void TcpProxy::stop(std::chrono::milliseconds deadline) {
   const auto until = std::chrono::steady_clock::now() + deadline;
-  for (auto& w : workers_) w->stop(until);
+  for (auto& w : workers_) w->request_stop();  // all at once: one slow worker must not
+  for (auto& w : workers_) w->join(until);     // eat the others' share of the deadline
   workers_.clear();
 }
 

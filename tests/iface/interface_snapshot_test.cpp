@@ -161,6 +161,34 @@ TEST(Classify, Kinds) {
   EXPECT_EQ(classify(link(10, "br0", "bridge", IFF_UP).link), InterfaceKind::kVirtual);
 }
 
+TEST(InterfaceSnapshot, TwoRoutersOnOneLinkAreTwoDefaults) {
+  NetlinkState s;
+  s.apply(link(2, "eth0", "", kUpRunning));
+  s.apply(route("::", 0, 2, 1024, "fe80::1"));
+  s.apply(route("::", 0, 2, 1024, "fe80::2"));
+  EXPECT_EQ(s.routes().size(), 2u);
+  RouteEvent expired = route("::", 0, 2, 1024, "fe80::1");
+  expired.removed = true;
+  s.apply(expired);
+  auto snap = InterfaceSnapshot::build(s, {});
+  ASSERT_NE(snap->physical(IpAddress::Family::kV6), nullptr);
+  EXPECT_EQ(snap->physical_route(IpAddress::Family::kV6)->gateway->to_string(), "fe80::2");
+}
+
+TEST(InterfaceSnapshot, VpnThatReplacedTheDefaultRoute) {
+  // OpenVPN redirect-gateway (no def1): default via tun0, the server via eth0's gateway.
+  NetlinkState s;
+  s.apply(link(2, "eth0", "", kUpRunning));
+  s.apply(link(3, "tun0", "tun", kUpRunning | IFF_POINTOPOINT | IFF_NOARP, ARPHRD_NONE));
+  s.apply(route("0.0.0.0", 0, 3, 0));
+  s.apply(route("192.0.2.44", 32, 2, 0, "198.51.100.1"));
+  auto snap = InterfaceSnapshot::build(s, {});
+  ASSERT_NE(snap->physical(IpAddress::Family::kV4), nullptr);
+  EXPECT_EQ(snap->physical(IpAddress::Family::kV4)->name, "eth0");
+  EXPECT_EQ(snap->physical_route(IpAddress::Family::kV4)->gateway->to_string(), "198.51.100.1");
+  EXPECT_EQ(snap->tunnel()->name, "tun0");
+}
+
 TEST(InterfaceSnapshot, EqualityDetectsChanges) {
   auto a = InterfaceSnapshot::build(lab_host(false), {});
   auto b = InterfaceSnapshot::build(lab_host(false), {});
