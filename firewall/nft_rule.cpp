@@ -199,6 +199,29 @@ NftRule& NftRule::set_mark(std::uint32_t mark) {
   return *this;
 }
 
+NftRule& NftRule::ct_mark_neq(std::uint32_t mark) {
+  nftnl_expr* e = make("ct");
+  nftnl_expr_set_u32(e, NFTNL_EXPR_CT_KEY, NFT_CT_MARK);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_CT_DREG, kReg);
+  add(e);
+  cmp(NFT_CMP_NEQ, &mark, sizeof mark);
+  need("nft_ct");
+  return *this;
+}
+
+NftRule& NftRule::set_ct_mark(std::uint32_t mark) {
+  nftnl_expr* imm = make("immediate");
+  nftnl_expr_set_u32(imm, NFTNL_EXPR_IMM_DREG, kReg);
+  nftnl_expr_set(imm, NFTNL_EXPR_IMM_DATA, &mark, sizeof mark);
+  add(imm);
+  nftnl_expr* e = make("ct");
+  nftnl_expr_set_u32(e, NFTNL_EXPR_CT_KEY, NFT_CT_MARK);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_CT_SREG, kReg);
+  add(e);
+  need("nft_ct");
+  return *this;
+}
+
 NftRule& NftRule::tproxy_to_port(std::uint16_t port) {
   const std::uint16_t be = htons(port);
   nftnl_expr* imm = make("immediate");

@@ -39,6 +39,8 @@ class NftRule {
   NftRule& daddr_in_set(IpAddress::Family family, std::string set);  // ip(6) daddr @set
   NftRule& socket_transparent();                                     // socket transparent 1
   NftRule& set_mark(std::uint32_t mark);                             // meta mark set MARK
+  NftRule& ct_mark_neq(std::uint32_t mark);                          // ct mark != MARK
+  NftRule& set_ct_mark(std::uint32_t mark);                          // ct mark set MARK
   NftRule& tproxy_to_port(std::uint16_t port);  // tproxy to :PORT (both families)
   NftRule& accept();                            // accept
 

@@ -64,14 +64,17 @@ NftBatch install_batch(const FirewallConfig& c) {
   // the `local default dev lo` table and they come back in through lo. A `route` chain
   // re-routes a packet whose mark changed.
   b.add_chain("output", "route", NF_INET_LOCAL_OUT, NF_IP_PRI_MANGLE);
-  b.add_rule(
-      "output",
-      std::move(
-          NftRule("splitd's own sockets (bypass mark)").meta_mark_eq(c.bypass_mark).accept()));
-  b.add_rule(
-      "output",
-      std::move(
-          NftRule("replies of inbound connections").ct_direction_eq(IP_CT_DIR_REPLY).accept()));
+  // splitd's own packets also mark their connection: an app's answer to a peer that
+  // reached it through splitd (a UDP full-cone stranger) is conntrack's reply direction,
+  // and must still be intercepted, not let out by the next rule along the system routes.
+  b.add_rule("output", std::move(NftRule("splitd's own sockets (bypass mark)")
+                                     .meta_mark_eq(c.bypass_mark)
+                                     .set_ct_mark(c.bypass_mark)
+                                     .accept()));
+  b.add_rule("output", std::move(NftRule("replies of inbound connections")
+                                     .ct_direction_eq(IP_CT_DIR_REPLY)
+                                     .ct_mark_neq(c.bypass_mark)
+                                     .accept()));
   b.add_rule("output", std::move(NftRule("marked by other software").meta_mark_neq(0).accept()));
   b.add_rule(
       "output",

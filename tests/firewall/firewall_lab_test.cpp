@@ -223,8 +223,8 @@ TEST_F(FirewallLab, InstallCreatesTableRulesAndRoutes) {
            "ff00::/8",
            "chain output {",
            "type route hook output priority mangle; policy accept;",
-           "meta mark 0x000005d2 accept comment \"splitd's own sockets (bypass mark)\"",
-           "ct direction reply accept comment \"replies of inbound connections\"",
+           "meta mark 0x000005d2 ct mark set 0x000005d2 accept comment \"splitd's own sockets (bypass mark)\"",
+           "ct direction reply ct mark != 0x000005d2 accept comment \"replies of inbound connections\"",
            "meta mark != 0x00000000 accept comment \"marked by other software\"",
            "fib daddr type { local, broadcast, anycast, multicast } accept comment \"local, "
            "broadcast, multicast destinations\"",
