@@ -1,15 +1,20 @@
 #include "daemon/run.hpp"
 
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <sstream>
 #include <thread>
 
+#include "common/fd.hpp"
 #include "common/log.hpp"
 #include "common/version.hpp"
 #include "config/config.hpp"
@@ -18,6 +23,7 @@
 #include "iface/interface_cache.hpp"
 #include "proxy/session_table.hpp"
 #include "proxy/tcp_proxy.hpp"
+#include "proxy/udp_proxy.hpp"
 
 namespace splitd::daemon {
 namespace {
@@ -91,11 +97,15 @@ class RpFilterGuard {
 };
 
 std::shared_ptr<const decider::RuleSet> rules_of(const config::Config& c) {
-  auto r = std::make_shared<decider::RuleSet>();
-  r->mode = c.split.mode;
-  r->on_tunnel_down = c.firewall.on_tunnel_down;
-  r->ips = c.split.ips;
-  return r;
+  decider::RuleSpec spec;
+  spec.mode = c.split.mode;
+  spec.on_tunnel_down = c.firewall.on_tunnel_down;
+  spec.ips = c.split.ips;
+  spec.domains = c.split.domains;
+  for (const config::AppRule& a : c.split.apps) {
+    spec.apps.push_back({a.name, a.cgroup, a.comm, a.path});
+  }
+  return decider::build_rules(spec);
 }
 
 firewall::FirewallConfig firewall_of(const config::Config& c) {
@@ -106,7 +116,7 @@ firewall::FirewallConfig firewall_of(const config::Config& c) {
   f.port = c.proxy.port;
   f.ipv6 = c.firewall.ipv6;
   f.intercept_tcp = true;
-  f.intercept_udp = false;  // the UDP proxy comes with its own issue
+  f.intercept_udp = true;
   f.never_intercept = c.firewall.never_intercept;
   return f;
 }
@@ -182,6 +192,25 @@ int run(const std::string& path, bool path_given) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // One splitd per network namespace: a second one would share the listeners
+  // (SO_REUSEPORT) and replace the table with its own. Abstract unix socket names are
+  // per namespace and vanish with the process, even after SIGKILL.
+  Fd instance(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const char name[] = "\0splitd-instance";
+    std::memcpy(addr.sun_path, name, sizeof name - 1);
+    if (!instance || ::bind(instance.get(), reinterpret_cast<sockaddr*>(&addr),
+                            static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + sizeof name - 1)) != 0) {
+      log::error("another splitd is already running in this network namespace (",
+                 std::strerror(errno), "); stop it first");
+      return kExitRuntime;
+    }
+  }
+
+  // Declared before the cache: its thread calls loosen() until the cache is destroyed.
+  RpFilterGuard rp_filter;
   iface::SelectionConfig selection;
   if (cfg->interfaces.physical != "auto") selection.physical = cfg->interfaces.physical;
   if (cfg->interfaces.tunnel != "auto") selection.tunnel = cfg->interfaces.tunnel;
@@ -190,7 +219,6 @@ int run(const std::string& path, bool path_given) {
     log::error("cannot read interfaces over rtnetlink: ", cache.error().message());
     return kExitRuntime;
   }
-  RpFilterGuard rp_filter;
   const auto on_interfaces = [&rp_filter](const std::shared_ptr<const iface::InterfaceSnapshot>& snap) {
     log::info("interfaces: ", describe(*snap));
     for (auto f : {IpAddress::Family::kV4, IpAddress::Family::kV6}) {
@@ -216,19 +244,42 @@ int run(const std::string& path, bool path_given) {
     log::error("tcp proxy: ", r.error());
     return kExitRuntime;
   }
+  proxy::UdpProxyOptions uopts;
+  uopts.port = cfg->proxy.port;
+  uopts.bypass_mark = cfg->firewall.bypass_mark;
+  uopts.max_sessions = cfg->proxy.max_sessions;
+  uopts.idle_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg->proxy.udp_idle_timeout);
+  uopts.ipv6 = cfg->firewall.ipv6;
+  proxy::UdpProxy udp(uopts, decider, sessions);
+  if (auto r = udp.start(); !r) {
+    log::error("udp proxy: ", r.error());
+    tcp.stop();
+    return kExitRuntime;
+  }
 
   auto fw = firewall::Firewall::open();
   if (!fw) {
     log::error("firewall: ", fw.error().message);
+    udp.stop();
+    tcp.stop();
     return kExitRuntime;
   }
   const firewall::FirewallConfig fwcfg = firewall_of(*cfg);
   if (auto r = (*fw)->install(fwcfg); !r) {
     log::error("firewall: ", r.error().message);
+    udp.stop();
     tcp.stop();
     return kExitRuntime;
   }
-  log::info("ready: intercepting TCP to port ", cfg->proxy.port, ", mark 0x", std::hex,
+  // Whatever ends this function (an exception included), the rules do not outlive it.
+  struct RemoveRules {
+    firewall::Firewall& fw;
+    bool armed = true;
+    ~RemoveRules() {
+      if (armed) fw.remove();
+    }
+  } remove_rules{**fw};
+  log::info("ready: intercepting TCP and UDP to port ", cfg->proxy.port, ", mark 0x", std::hex,
             cfg->firewall.mark, ", bypass mark 0x", cfg->firewall.bypass_mark, std::dec, ", table ",
             cfg->firewall.route_table, ", mode ", decider::to_string(cfg->split.mode));
 
@@ -244,22 +295,35 @@ int run(const std::string& path, bool path_given) {
     }
     if (sig == SIGUSR1) log_sessions(sessions);
     if (sig == SIGHUP) {
-      auto next = load(path, path_given);
+      // A file that is missing now (an editor replacing it) keeps the running config;
+      // the built-in defaults apply only when splitd starts without a file.
+      auto next = access(path.c_str(), F_OK) == 0 ? load(path, true) : std::nullopt;
       if (!next) {
-        log::error("reload: config has errors (above); keeping the running config");
+        log::error("reload: ", path, " is missing or has errors; keeping the running config");
       } else {
         decider.set_rules(rules_of(*next));
         log::info("reload: rules applied to new flows: ", config::summary(*next));
-        if (firewall_of(*next).port != fwcfg.port || next->firewall.mark != fwcfg.mark) {
-          log::warn("reload: [proxy] and [firewall] changes take effect at the next restart");
+        std::string later;
+        if (!(next->proxy == cfg->proxy)) later += " [proxy]";
+        if (!(next->firewall.mark == cfg->firewall.mark && next->firewall.bypass_mark == cfg->firewall.bypass_mark &&
+              next->firewall.route_table == cfg->firewall.route_table && next->firewall.ipv6 == cfg->firewall.ipv6 &&
+              next->firewall.never_intercept == cfg->firewall.never_intercept)) {
+          later += " [firewall]";
         }
+        if (!(next->interfaces == cfg->interfaces)) later += " [interfaces]";
+        if (!(next->daemon == cfg->daemon)) later += " [daemon]";
+        if (!(next->dns == cfg->dns)) later += " [dns]";
+        if (!later.empty()) log::warn("reload: changes to", later, " take effect at the next restart");
+        // The kill switch is part of the rules and applies now; keep it in the record.
+        cfg->split = next->split;
+        cfg->firewall.on_tunnel_down = next->firewall.on_tunnel_down;
       }
     }
     const auto now = std::chrono::steady_clock::now();
     if (now - last_repair >= kRepairEvery) {
       last_repair = now;
-      if (!(*fw)->installed()) {
-        log::warn("table inet splitd was removed by another program: restoring it");
+      if (!(*fw)->intact(fwcfg)) {
+        log::warn("table inet splitd or its policy routing was removed by another program: restoring it");
         if (auto r = (*fw)->install(fwcfg); !r) log::error("firewall: ", r.error().message);
       }
     }
@@ -271,12 +335,17 @@ int run(const std::string& path, bool path_given) {
     }
   }
 
-  // Rules first so no new flow is steered to a proxy that is going away.
+  // Stop accepting and reset every session first, then remove the rules: packets of a
+  // live flow must never follow the system's routing after the rules are gone (a
+  // tunnel-bound flow would leak out the physical side). New flows meanwhile meet a
+  // closed port and fail, which is the safe way to fail.
+  tcp.stop(std::chrono::milliseconds(1000));
+  udp.stop(std::chrono::milliseconds(300));
+  remove_rules.armed = false;
   if (auto r = (*fw)->remove(); !r) {
     log::error("firewall: removing rules: ", r.error().message);
     exit_code = kExitRuntime;
   }
-  tcp.stop(std::chrono::milliseconds(1500));
   (*cache)->stop();
   const auto t = sessions.totals();
   log::info("stopped: ", t.total, " sessions served, sent ", t.bytes_sent, "B received ",

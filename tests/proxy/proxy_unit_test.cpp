@@ -2,6 +2,7 @@
 
 #include "proxy/session_table.hpp"
 #include "proxy/tcp_proxy.hpp"
+#include "proxy/udp_proxy.hpp"
 
 namespace splitd::proxy {
 namespace {
@@ -44,6 +45,23 @@ TEST(SessionTable, CountsListsAndKills) {
   EXPECT_EQ(totals.total, 2u);
   EXPECT_EQ(totals.bytes_sent, 100u);     // finished sessions count
   EXPECT_EQ(totals.bytes_received, 50u);  // live ones too
+}
+
+TEST(KeyedHash, IsSipHash24UnderItsKey) {
+  std::array<std::uint8_t, 16> key;
+  for (std::size_t i = 0; i < key.size(); ++i) key[i] = static_cast<std::uint8_t>(i);
+  const KeyedHash h(key);
+  // The SipHash-2-4 paper's test vector for key 00..0f and the empty message.
+  EXPECT_EQ(h({}), std::size_t{0x726fdb47dd0e0e31ull});
+  const std::array<std::uint8_t, 3> msg{1, 2, 3};
+  EXPECT_EQ(h(msg), KeyedHash(key)(msg));
+}
+
+TEST(KeyedHash, RandomKeysDiffer) {
+  const std::array<std::uint8_t, 19> endpoint{4, 203, 0, 113, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x23, 0x28};
+  const KeyedHash a, b;
+  EXPECT_EQ(a(endpoint), a(endpoint));
+  EXPECT_NE(a(endpoint), b(endpoint));  // 2^-64 chance of a false failure
 }
 
 }  // namespace
