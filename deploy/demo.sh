@@ -67,6 +67,13 @@ ask http://198.51.100.10/
 ask 'http://[2001:db8::10]/'
 ask 'http://[2001:db8:1::10]/'
 
+echo
+echo "== UDP too: DNS to the excluded network's resolver goes direct (wan's dnsmasq answers),"
+echo "   a datagram to the other network goes through the tunnel"
+printf '  %-28s -> %s\n' "dig @203.0.113.53 whoami.lab.test" "$(in_host dig +short +time=2 +tries=1 @203.0.113.53 whoami.lab.test)"
+printf '  %-28s -> %s\n' "udp 198.51.100.10:9000" \
+  "$(in_host bash -c 'exec 3<>/dev/udp/198.51.100.10/9000; echo hi >&3; timeout 2 dd bs=65536 count=1 status=none <&3 | head -n1')"
+
 # Hold one tunnelled TCP connection open so the session list has a live entry.
 in_host bash -c 'exec 3<>/dev/tcp/198.51.100.10/9000; read -r greeting <&3; echo hello >&3; read -r echo <&3; sleep 30' &
 HOLD_PID=$!
