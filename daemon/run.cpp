@@ -264,7 +264,7 @@ int run(const std::string& path, bool path_given) {
     tcp.stop();
     return kExitRuntime;
   }
-  const firewall::FirewallConfig fwcfg = firewall_of(*cfg);
+  firewall::FirewallConfig fwcfg = firewall_of(*cfg);
   if (auto r = (*fw)->install(fwcfg); !r) {
     log::error("firewall: ", r.error().message);
     udp.stop();
@@ -305,10 +305,26 @@ int run(const std::string& path, bool path_given) {
         log::info("reload: rules applied to new flows: ", config::summary(*next));
         std::string later;
         if (!(next->proxy == cfg->proxy)) later += " [proxy]";
-        if (!(next->firewall.mark == cfg->firewall.mark && next->firewall.bypass_mark == cfg->firewall.bypass_mark &&
-              next->firewall.route_table == cfg->firewall.route_table && next->firewall.ipv6 == cfg->firewall.ipv6 &&
-              next->firewall.never_intercept == cfg->firewall.never_intercept)) {
-          later += " [firewall]";
+        if (next->firewall.bypass_mark != cfg->firewall.bypass_mark) later += " firewall.bypass_mark";
+        // The interception footprint (never_intercept, mark, route_table, ipv6) is
+        // replaced in one transaction; the proxy's port and bypass mark stay, since live
+        // sockets carry them. A failed install puts the old footprint back.
+        firewall::FirewallConfig fw_next = firewall_of(*next);
+        fw_next.port = fwcfg.port;
+        fw_next.bypass_mark = fwcfg.bypass_mark;
+        if (fw_next.mark != fwcfg.mark || fw_next.route_table != fwcfg.route_table ||
+            fw_next.ipv6 != fwcfg.ipv6 || fw_next.never_intercept != fwcfg.never_intercept) {
+          if (auto r = (*fw)->install(fw_next); r) {
+            fwcfg = fw_next;
+            cfg->firewall.mark = next->firewall.mark;
+            cfg->firewall.route_table = next->firewall.route_table;
+            cfg->firewall.ipv6 = next->firewall.ipv6;
+            cfg->firewall.never_intercept = next->firewall.never_intercept;
+            log::info("reload: firewall footprint replaced");
+          } else {
+            log::error("reload: firewall: ", r.error().message, "; restoring the previous footprint");
+            if (auto back = (*fw)->install(fwcfg); !back) log::error("firewall: ", back.error().message);
+          }
         }
         if (!(next->interfaces == cfg->interfaces)) later += " [interfaces]";
         if (!(next->daemon == cfg->daemon)) later += " [daemon]";

@@ -615,6 +615,27 @@ TEST(TcpSplit, ReloadKeepsRunningFlowsAndAppliesToNewOnes) {
   EXPECT_EQ(splitd->terminate(), 0);
 }
 
+// SIGHUP with a changed [firewall] section replaces the footprint at once: a network
+// added to never_intercept stops being intercepted (it follows the system's routes).
+TEST(TcpSplit, ReloadAppliesFirewallChanges) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, config("include", {}));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 "));  // direct by default
+  {
+    std::ofstream(lab->state_dir() + "/splitd.toml")
+        << config("include", {}, "", "never_intercept = [\"127.0.0.0/8\", \"::1/128\", \"203.0.113.0/24\"]");
+  }
+  splitd->signal(SIGHUP);
+  ASSERT_TRUE(splitd->wait_for_log("reload: firewall footprint replaced")) << splitd->log();
+  // Not intercepted any more: the VPN's routes take it.
+  EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "vpn 198.18.2.2 "));
+  EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "wan 198.18.1.2 "));  // still split
+  EXPECT_NE(lab->exec(lab->host_ns(), "nft list set inet splitd never4").out.find("203.0.113.0/24"),
+            std::string::npos);
+  EXPECT_EQ(splitd->terminate(), 0);
+  expect_no_footprint(*lab);
+}
+
 TEST(TcpSplit, NothingRemainsAfterStopOrCrash) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
   const std::string cfg = config("exclude", kExcludeWanServers);
