@@ -443,6 +443,50 @@ TEST(UdpSplit, HundredThousandDatagramsLoseUnderOnePercent) {
   EXPECT_EQ(splitd->terminate(), 0);
 }
 
+double round_trips_per_second(const std::string& ip, int rounds, int* ok) {
+  Fd fd = udp_socket(addr(ip, 0).family());
+  *ok = 0;
+  const auto start = Clock::now();
+  for (int i = 0; i < rounds; ++i) {
+    const std::string payload = "r" + std::to_string(i);
+    const auto b = exchange(fd.get(), ip, payload);
+    if (b && b->payload == payload) ++*ok;
+  }
+  return rounds / std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Figures for people, side by side in one run: the direct path (no proxy, the VPN route
+// off) and splitd (bypassed to phys0). Timing is printed, not asserted; delivery is.
+TEST(UdpSplit, FiguresNextToTheDirectPath) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{false});
+  constexpr int kRounds = 3000, kBurst = 100000;
+  int direct_ok = 0, splitd_ok = 0;
+  double direct_rtt = 0, splitd_rtt = 0;
+  BurstResult direct_burst, splitd_burst;
+  lab->in_ns(lab->host_ns(), [&] {
+    direct_rtt = round_trips_per_second(lab::kServerA4, kRounds, &direct_ok);
+    direct_burst = burst(lab::kServerA4, kBurst, 256);
+  });
+  lab->set_vpn_default_route(true);
+  auto splitd = SplitdProcess::start(*lab, config("exclude", {"203.0.113.0/24"}, "", "info"));
+  lab->in_ns(lab->host_ns(), [&] {
+    splitd_rtt = round_trips_per_second(lab::kServerA4, kRounds, &splitd_ok);
+    splitd_burst = burst(lab::kServerA4, kBurst, 256);
+  });
+  EXPECT_EQ(splitd->terminate(), 0);
+  EXPECT_EQ(direct_ok, kRounds);
+  EXPECT_EQ(splitd_ok, kRounds);
+  const auto loss = [](const BurstResult& r) { return 100.0 * (r.sent - r.received) / r.sent; };
+  EXPECT_LT(loss(splitd_burst), 1.0);
+  const double d_rate = direct_burst.received / direct_burst.seconds;
+  const double s_rate = splitd_burst.received / splitd_burst.seconds;
+  std::printf("\n%-40s %10s %10s %7s\n", "lab, UDP over phys0", "direct", "splitd", "ratio");
+  std::printf("%-40s %10.0f %10.0f %7.2f\n", "sequential round trips/s", direct_rtt, splitd_rtt,
+              splitd_rtt / direct_rtt);
+  std::printf("%-40s %10.0f %10.0f %7.2f\n", "100k burst, datagrams/s each way", d_rate, s_rate, s_rate / d_rate);
+  std::printf("%-40s %10.3f %10.3f\n", "100k burst, loss %", loss(direct_burst), loss(splitd_burst));
+}
+
 TEST(UdpSplit, MaxSessionsAndIdleTimeout) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
   auto splitd = SplitdProcess::start(
