@@ -16,6 +16,18 @@ using namespace std::chrono_literals;
 
 const char* splitd_path() { return SPLITD_BINARY; }
 
+std::string lab_config(const std::string& mode, const std::vector<std::string>& ips,
+                       const std::string& proxy, const std::string& firewall,
+                       const std::string& log_level) {
+  std::string list;
+  for (const auto& i : ips) list += (list.empty() ? "\"" : ", \"") + i + "\"";
+  return "[daemon]\nlog_level = \"" + log_level + "\"\n"
+         "[proxy]\n" + proxy + "\n"
+         "[firewall]\n" + firewall + "\n"
+         "[split]\nmode = \"" + mode + "\"\nips = [" + list + "]\n"
+         "[dns]\nenabled = false\n";
+}
+
 std::unique_ptr<SplitdProcess> SplitdProcess::start(const lab::Lab& lab, const std::string& config,
                                                     const std::string& name) {
   const std::string conf_path = lab.state_dir() + "/" + name + ".toml";

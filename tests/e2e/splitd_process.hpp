@@ -5,6 +5,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tests/lab/lab.hpp"
 
@@ -41,5 +42,14 @@ class SplitdProcess {
 };
 
 const char* splitd_path();
+
+// A config for the lab: the mode and IP rules, extra [proxy] and [firewall] lines, the
+// log level; DNS capture off (not built yet).
+std::string lab_config(const std::string& mode, const std::vector<std::string>& ips,
+                       const std::string& proxy = "", const std::string& firewall = "",
+                       const std::string& log_level = "debug");
+
+// The wan servers' networks: excluded (direct) in most tests, the rest goes through the tunnel.
+inline const std::vector<std::string> kExcludeWanServers = {"203.0.113.0/24", "2001:db8::/64"};
 
 }  // namespace splitd::e2e

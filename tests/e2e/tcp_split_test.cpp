@@ -24,23 +24,6 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-std::string quoted_list(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& i : items) out += (out.empty() ? "\"" : ", \"") + i + "\"";
-  return "[" + out + "]";
-}
-
-// A config for the lab: the given mode and IP rules, DNS capture off (not built yet).
-std::string config(const std::string& mode, const std::vector<std::string>& ips,
-                   const std::string& proxy = "", const std::string& firewall = "") {
-  return "[daemon]\nlog_level = \"debug\"\n"
-         "[proxy]\n" + proxy + "\n"
-         "[firewall]\n" + firewall + "\n"
-         "[split]\nmode = \"" + mode + "\"\nips = " + quoted_list(ips) + "\n"
-         "[dns]\nenabled = false\n";
-}
-
-const std::vector<std::string> kExcludeWanServers = {"203.0.113.0/24", "2001:db8::/64"};
 
 std::string curl(const lab::Lab& lab, const std::string& url) {
   auto r = lab.exec(lab.host_ns(), "curl -s -g --max-time 5 " + url);
@@ -88,7 +71,7 @@ TEST(TcpSplit, ExcludeModeRoutesByIp) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
   // Baseline: with the VPN's default route everything goes through the tunnel.
   ASSERT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "vpn 198.18.2.2 "));
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 ")) << splitd->log();
   EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "vpn 198.18.2.2 "));
   EXPECT_TRUE(starts_with(curl(*lab, "http://[2001:db8::10]/"), "wan 2001:db8:ff:1::2 "));
@@ -102,7 +85,7 @@ TEST(TcpSplit, ExcludeModeRoutesByIp) {
 
 TEST(TcpSplit, IncludeModeRoutesByIp) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("include", {"198.51.100.0/24", "2001:db8:1::/64"}));
+  auto splitd = SplitdProcess::start(*lab, lab_config("include", {"198.51.100.0/24", "2001:db8:1::/64"}));
   EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 ")) << splitd->log();
   EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "vpn 198.18.2.2 "));
   EXPECT_TRUE(starts_with(curl(*lab, "http://[2001:db8::10]/"), "wan 2001:db8:ff:1::2 "));
@@ -178,7 +161,7 @@ BulkResult bulk_echo(const std::string& ip, std::size_t total) {
 
 TEST(TcpSplit, BulkTransferBothWaysIntact) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   struct Case { const char* ip; std::size_t bytes; const char* path; };
   for (const Case c : {Case{"203.0.113.10", 256u << 20, "direct"}, Case{"2001:db8::10", 64u << 20, "direct v6"},
                        Case{"198.51.100.10", 32u << 20, "tunnel"}}) {
@@ -248,7 +231,7 @@ TEST(TcpSplit, FiguresNextToTheDirectPath) {
 
 TEST(TcpSplit, HalfCloseKeepsTheOtherDirection) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   for (const char* ip : {"203.0.113.10", "198.51.100.10", "2001:db8::10"}) {
     lab->in_ns(lab->host_ns(), [&] {
       auto c = tcp_connect(ip, lab::kTcpPort);
@@ -267,7 +250,7 @@ TEST(TcpSplit, HalfCloseKeepsTheOtherDirection) {
 
 TEST(TcpSplit, ServerResetReachesClient) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   // A server in wan that resets every connection after reading one line.
   std::atomic<bool> listening{false};
   std::thread server([&] {
@@ -303,7 +286,7 @@ TEST(TcpSplit, ServerResetReachesClient) {
 
 TEST(TcpSplit, ClosedPortFailsFastUnreachableWithinConnectTimeout) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers, "connect_timeout = \"1s\""));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers, "connect_timeout = \"1s\""));
   lab->in_ns(lab->host_ns(), [&] {
     // Closed port: the server's RST becomes a reset for the client at once.
     auto start = Clock::now();
@@ -335,7 +318,7 @@ TEST(TcpSplit, ClosedPortFailsFastUnreachableWithinConnectTimeout) {
 TEST(TcpSplit, ThousandConcurrentConnections) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
   raise_fd_limit();
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   constexpr int kConns = 1000;
   int ok = 0;
   lab->in_ns(lab->host_ns(), [&] {
@@ -367,7 +350,7 @@ TEST(TcpSplit, ThousandConcurrentConnections) {
 
 TEST(TcpSplit, FiveThousandShortConnectionsWithoutStall) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   int failures = 0;
   std::chrono::microseconds worst{0};
   const auto start = Clock::now();
@@ -389,7 +372,7 @@ TEST(TcpSplit, FiveThousandShortConnectionsWithoutStall) {
 
 TEST(TcpSplit, InboundConnectionsStillWork) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   std::atomic<bool> listening{false};
   std::thread server([&] {
     lab->in_ns(lab->host_ns(), [&] {
@@ -426,7 +409,7 @@ TEST(TcpSplit, KillSwitchBlocksTunnelFlowsWithoutLeaking) {
                       "nft add rule inet leak pre ip6 daddr 2001:db8:1::10 counter")
                 .exit_code, 0);
   auto splitd = SplitdProcess::start(
-      *lab, config("exclude", kExcludeWanServers, "", "on_tunnel_down = \"block\""));
+      *lab, lab_config("exclude", kExcludeWanServers, "", "on_tunnel_down = \"block\""));
   // The tunnel goes away: its routes vanish and the kernel's default is phys0 again.
   ASSERT_EQ(lab->exec(lab->host_ns(), "ip link set tun0 down").exit_code, 0);
   ASSERT_TRUE(splitd->wait_for_log("tunnel none")) << splitd->log();
@@ -468,7 +451,7 @@ TEST(TcpSplit, CoexistsWithAVpnKillSwitch) {
       "nft add rule inet vpnks out ip daddr 198.18.1.0/24 accept && "
       "nft add rule inet vpnks out ip6 daddr 2001:db8:ff:1::/64 accept";
   ASSERT_EQ(lab->exec(lab->host_ns(), kill_switch).exit_code, 0);
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   // Without an allowance the kill switch drops the bypassed flow; the tunnel still works.
   EXPECT_FALSE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan "));
   EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "vpn 198.18.2.2 "));
@@ -483,7 +466,7 @@ TEST(TcpSplit, CoexistsWithAVpnKillSwitch) {
 TEST(TcpSplit, IdleTimeoutAndMaxSessions) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
   auto splitd = SplitdProcess::start(
-      *lab, config("exclude", kExcludeWanServers, "idle_timeout = \"500ms\"\nmax_sessions = 3"));
+      *lab, lab_config("exclude", kExcludeWanServers, "idle_timeout = \"500ms\"\nmax_sessions = 3"));
   lab->in_ns(lab->host_ns(), [&] {
     std::vector<Fd> held;
     Clock::time_point last_exchange;
@@ -512,7 +495,7 @@ TEST(TcpSplit, IdleTimeoutAndMaxSessions) {
 
 TEST(TcpSplit, SessionListWhileRunning) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   lab->in_ns(lab->host_ns(), [&] {
     auto c = tcp_connect("198.51.100.10", lab::kTcpPort);
     ASSERT_TRUE(c.fd);
@@ -530,7 +513,7 @@ TEST(TcpSplit, SessionListWhileRunning) {
 // TCP urgent data stops splice(2) at its mark; the proxy must neither spin nor stall.
 TEST(TcpSplit, UrgentDataDoesNotStallTheFlow) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   lab->in_ns(lab->host_ns(), [&] {
     auto c = tcp_connect("203.0.113.10", lab::kTcpPort);
     ASSERT_TRUE(c.fd);
@@ -548,7 +531,7 @@ TEST(TcpSplit, UrgentDataDoesNotStallTheFlow) {
 
 TEST(TcpSplit, StopResetsLiveFlows) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   lab->in_ns(lab->host_ns(), [&] {
     auto c = tcp_connect("198.51.100.10", lab::kTcpPort);
     ASSERT_TRUE(c.fd);
@@ -564,9 +547,9 @@ TEST(TcpSplit, StopResetsLiveFlows) {
 
 TEST(TcpSplit, OneInstancePerNamespace) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto first = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto first = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   try {
-    auto second = SplitdProcess::start(*lab, config("exclude", {}), "second");
+    auto second = SplitdProcess::start(*lab, lab_config("exclude", {}), "second");
     ADD_FAILURE() << "a second splitd started in the same namespace";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("another splitd is already running"), std::string::npos) << e.what();
@@ -578,7 +561,7 @@ TEST(TcpSplit, OneInstancePerNamespace) {
 
 TEST(TcpSplit, RestoresPolicyRoutingWhenRemoved) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   ASSERT_EQ(lab->exec(lab->host_ns(), "ip rule del fwmark 0x5d1").exit_code, 0);
   ASSERT_TRUE(splitd->wait_for_log("restoring it", 8s)) << splitd->log();
   std::this_thread::sleep_for(100ms);
@@ -591,13 +574,13 @@ TEST(TcpSplit, RestoresPolicyRoutingWhenRemoved) {
 // route, and a new flow follows the new rule.
 TEST(TcpSplit, ReloadKeepsRunningFlowsAndAppliesToNewOnes) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", {}));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", {}));
   EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "vpn 198.18.2.2 "));
   BulkResult bulk;
   std::thread transfer([&] { lab->in_ns(lab->host_ns(), [&] { bulk = bulk_echo("203.0.113.10", 64u << 20); }); });
   std::this_thread::sleep_for(100ms);
   {
-    std::ofstream(lab->state_dir() + "/splitd.toml") << config("exclude", kExcludeWanServers);
+    std::ofstream(lab->state_dir() + "/splitd.toml") << lab_config("exclude", kExcludeWanServers);
   }
   splitd->signal(SIGHUP);
   ASSERT_TRUE(splitd->wait_for_log("reload: rules applied")) << splitd->log();
@@ -619,11 +602,11 @@ TEST(TcpSplit, ReloadKeepsRunningFlowsAndAppliesToNewOnes) {
 // added to never_intercept stops being intercepted (it follows the system's routes).
 TEST(TcpSplit, ReloadAppliesFirewallChanges) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("include", {}));
+  auto splitd = SplitdProcess::start(*lab, lab_config("include", {}));
   EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 "));  // direct by default
   {
     std::ofstream(lab->state_dir() + "/splitd.toml")
-        << config("include", {}, "", "never_intercept = [\"127.0.0.0/8\", \"::1/128\", \"203.0.113.0/24\"]");
+        << lab_config("include", {}, "", "never_intercept = [\"127.0.0.0/8\", \"::1/128\", \"203.0.113.0/24\"]");
   }
   splitd->signal(SIGHUP);
   ASSERT_TRUE(splitd->wait_for_log("reload: firewall footprint replaced")) << splitd->log();
@@ -638,7 +621,7 @@ TEST(TcpSplit, ReloadAppliesFirewallChanges) {
 
 TEST(TcpSplit, NothingRemainsAfterStopOrCrash) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  const std::string cfg = config("exclude", kExcludeWanServers);
+  const std::string cfg = lab_config("exclude", kExcludeWanServers);
   auto splitd = SplitdProcess::start(*lab, cfg);
   EXPECT_NE(lab->exec(lab->host_ns(), "nft list tables").out.find("inet splitd"), std::string::npos);
   const auto t0 = Clock::now();
@@ -659,7 +642,7 @@ TEST(TcpSplit, NothingRemainsAfterStopOrCrash) {
 
 TEST(TcpSplit, RestoresItsTableWhenRemoved) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   ASSERT_EQ(lab->exec(lab->host_ns(), "nft delete table inet splitd").exit_code, 0);
   ASSERT_TRUE(splitd->wait_for_log("restoring it", 8s)) << splitd->log();
   std::this_thread::sleep_for(100ms);

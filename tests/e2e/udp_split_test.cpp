@@ -28,22 +28,6 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-std::string quoted_list(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& i : items) out += (out.empty() ? "\"" : ", \"") + i + "\"";
-  return "[" + out + "]";
-}
-
-std::string config(const std::string& mode, const std::vector<std::string>& ips,
-                   const std::string& proxy = "", const std::string& log_level = "debug") {
-  return "[daemon]\nlog_level = \"" + log_level + "\"\n"
-         "[proxy]\n" + proxy + "\n"
-         "[firewall]\n\n"
-         "[split]\nmode = \"" + mode + "\"\nips = " + quoted_list(ips) + "\n"
-         "[dns]\nenabled = false\n";
-}
-
-const std::vector<std::string> kExcludeWanServers = {"203.0.113.0/24", "2001:db8::/64"};
 
 struct Addr {
   sockaddr_storage ss{};
@@ -161,7 +145,7 @@ const Path kPaths[] = {
 
 TEST(UdpSplit, RequestResponseFollowsTheRules) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   lab->in_ns(lab->host_ns(), [&] {
     for (const Path& p : kPaths) {
       Fd fd = udp_socket(addr(p.ip, 0).family());
@@ -202,7 +186,7 @@ TEST(UdpSplit, RequestResponseFollowsTheRules) {
 
 TEST(UdpSplit, OneSocketTwoRoutesAnsweredFromTheRightSource) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   lab->in_ns(lab->host_ns(), [&] {
     for (int family : {AF_INET, AF_INET6}) {
       const Path& direct = kPaths[family == AF_INET ? 0 : 2];
@@ -231,7 +215,7 @@ TEST(UdpSplit, OneSocketTwoRoutesAnsweredFromTheRightSource) {
 
 TEST(UdpSplit, FullConeAPeerTheClientNeverContactedGetsThrough) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   for (int family : {AF_INET, AF_INET6}) {
     const std::string server = family == AF_INET ? lab::kServerA4 : lab::kServerA6;
     Fd client, stranger;
@@ -274,7 +258,7 @@ TEST(UdpSplit, FullConeAPeerTheClientNeverContactedGetsThrough) {
 // through the mapping (same public address, same route), not along the system routes.
 TEST(UdpSplit, FullConeTheClientAnswersTheStrangerThroughTheMapping) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   Fd client, stranger;
   std::optional<Answer> first;
   lab->in_ns(lab->host_ns(), [&] {
@@ -304,7 +288,7 @@ TEST(UdpSplit, FullConeTheClientAnswersTheStrangerThroughTheMapping) {
 
 TEST(UdpSplit, LargeDatagramsRoundTripIntact) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   lab->in_ns(lab->host_ns(), [&] {
     for (const Path& p : kPaths) {
       for (std::size_t size : {std::size_t{1350}, std::size_t{60000}}) {
@@ -326,7 +310,7 @@ TEST(UdpSplit, TenThousandFlowsEvictedAfterIdleTimeout) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
   raise_fd_limit();
   auto splitd = SplitdProcess::start(
-      *lab, config("exclude", kExcludeWanServers, "udp_idle_timeout = \"1s\"\n", "info"));
+      *lab, lab_config("exclude", kExcludeWanServers, "udp_idle_timeout = \"1s\"\n", "", "info"));
   constexpr int kFlows = 10000;
   // Warm up (allocator arenas, first mapping), let it expire, then take the baseline.
   lab->in_ns(lab->host_ns(), [&] {
@@ -429,7 +413,7 @@ BurstResult burst(const std::string& ip, int total, int window) {
 
 TEST(UdpSplit, HundredThousandDatagramsLoseUnderOnePercent) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers, "", "info"));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers, "", "", "info"));
   constexpr int kTotal = 100000;
   for (const Path& p : {kPaths[0], kPaths[1]}) {
     BurstResult r;
@@ -468,7 +452,7 @@ TEST(UdpSplit, FiguresNextToTheDirectPath) {
     direct_burst = burst(lab::kServerA4, kBurst, 256);
   });
   lab->set_vpn_default_route(true);
-  auto splitd = SplitdProcess::start(*lab, config("exclude", {"203.0.113.0/24"}, "", "info"));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", {"203.0.113.0/24"}, "", "", "info"));
   lab->in_ns(lab->host_ns(), [&] {
     splitd_rtt = round_trips_per_second(lab::kServerA4, kRounds, &splitd_ok);
     splitd_burst = burst(lab::kServerA4, kBurst, 256);
@@ -490,7 +474,7 @@ TEST(UdpSplit, FiguresNextToTheDirectPath) {
 TEST(UdpSplit, MaxSessionsAndIdleTimeout) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
   auto splitd = SplitdProcess::start(
-      *lab, config("exclude", kExcludeWanServers, "udp_idle_timeout = \"1s\"\nmax_sessions = 3"));
+      *lab, lab_config("exclude", kExcludeWanServers, "udp_idle_timeout = \"1s\"\nmax_sessions = 3"));
   lab->in_ns(lab->host_ns(), [&] {
     std::vector<Fd> held;
     for (int i = 0; i < 3; ++i) {
@@ -513,7 +497,7 @@ TEST(UdpSplit, MaxSessionsAndIdleTimeout) {
 
 TEST(UdpSplit, AnIcmpErrorOfOnePeerKeepsTheMapping) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   lab->in_ns(lab->host_ns(), [&] {
     Fd fd = udp_socket(AF_INET);
     const auto before = exchange(fd.get(), lab::kServerA4, "one");
@@ -540,7 +524,7 @@ TEST(UdpSplit, DnsIsProxiedLikeAnyUdp) {
   // Baseline: the VPN's default route sends the query to the vpn side's dnsmasq.
   ASSERT_EQ(dig(*lab, lab::kDns4), "198.51.100.10\n");
   {
-    auto splitd = SplitdProcess::start(*lab, config("exclude", kExcludeWanServers));
+    auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
     EXPECT_EQ(dig(*lab, lab::kDns4), "203.0.113.10\n") << splitd->log();
     EXPECT_EQ(dig(*lab, lab::kDns6), "203.0.113.10\n") << splitd->log();
     splitd->signal(SIGUSR1);
@@ -549,7 +533,7 @@ TEST(UdpSplit, DnsIsProxiedLikeAnyUdp) {
     EXPECT_EQ(splitd->terminate(), 0);
   }
   {
-    auto splitd = SplitdProcess::start(*lab, config("exclude", {"198.51.100.0/24"}));
+    auto splitd = SplitdProcess::start(*lab, lab_config("exclude", {"198.51.100.0/24"}));
     EXPECT_EQ(dig(*lab, lab::kDns4), "198.51.100.10\n") << splitd->log();
     splitd->signal(SIGUSR1);
     EXPECT_TRUE(splitd->wait_for_log("-> 203.0.113.53:53 tunnel via tun0")) << splitd->log();
