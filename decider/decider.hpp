@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/atomic_shared_ptr.hpp"
 #include "common/cidr.hpp"
 #include "common/ip_address.hpp"
 #include "decider/app_matcher.hpp"
@@ -125,7 +126,7 @@ class RuleDecider final : public Decider {
 
  private:
   const iface::InterfaceSource& interfaces_;
-  std::atomic<std::shared_ptr<const RuleSet>> rules_;
+  AtomicSharedPtr<const RuleSet> rules_;
   const IpNames* names_;
 };
 

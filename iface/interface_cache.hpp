@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/atomic_shared_ptr.hpp"
 #include "common/expected.hpp"
 #include "common/fd.hpp"
 #include "iface/interface_snapshot.hpp"
@@ -78,7 +79,7 @@ class InterfaceCache final : public InterfaceSource {
   std::uint32_t request_portid_ = 0;
   std::uint32_t seq_ = 0;
   NetlinkState state_;  // touched only by open() and then the watcher thread
-  std::atomic<std::shared_ptr<const InterfaceSnapshot>> snapshot_;
+  AtomicSharedPtr<const InterfaceSnapshot> snapshot_;
   std::atomic<std::uint64_t> resyncs_{0};
   std::atomic<std::uint64_t> generation_{0};
 

@@ -219,12 +219,6 @@ TEST(RuleEngine, EmptyRulesAreDefault) {
 
 // Decisions on other threads while the rules are swapped: each sees one whole snapshot.
 TEST(RuleEngine, DecideWhileSwapping) {
-#if defined(__SANITIZE_THREAD__) && defined(__GLIBCXX__) && !defined(__clang__) && __GNUC__ < 13
-  // libstdc++ 12's std::atomic<std::shared_ptr>::load() unlocks with a relaxed RMW, so TSan
-  // sees no happens-before between a load's read and the next store's write
-  // (google/sanitizers#1558). Harmless on x86-64 (locked RMWs are full barriers).
-  GTEST_SKIP() << "TSan reports libstdc++ 12's std::atomic<std::shared_ptr> (sanitizers#1558)";
-#endif
   fakes::FakeInterfaceSource source(fakes::lab_host_state(true));
   const auto exclude = build_rules(main_spec(Mode::kExclude));
   const auto include = build_rules(main_spec(Mode::kInclude));

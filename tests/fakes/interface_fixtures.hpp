@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 
+#include "common/atomic_shared_ptr.hpp"
 #include "iface/interface_cache.hpp"
 
 namespace splitd::fakes {
@@ -87,7 +88,7 @@ class FakeInterfaceSource final : public iface::InterfaceSource {
   void unsubscribe(std::uint64_t) override {}
 
  private:
-  std::atomic<std::shared_ptr<const iface::InterfaceSnapshot>> snap_;
+  AtomicSharedPtr<const iface::InterfaceSnapshot> snap_;
 };
 
 }  // namespace splitd::fakes
