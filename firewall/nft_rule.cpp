@@ -187,11 +187,15 @@ NftRule& NftRule::socket_transparent() {
   return *this;
 }
 
-NftRule& NftRule::set_mark(std::uint32_t mark) {
+void NftRule::load_immediate(const void* data, std::uint32_t len) {
   nftnl_expr* imm = make("immediate");
   nftnl_expr_set_u32(imm, NFTNL_EXPR_IMM_DREG, kReg);
-  nftnl_expr_set(imm, NFTNL_EXPR_IMM_DATA, &mark, sizeof mark);
+  nftnl_expr_set(imm, NFTNL_EXPR_IMM_DATA, data, len);
   add(imm);
+}
+
+NftRule& NftRule::set_mark(std::uint32_t mark) {
+  load_immediate(&mark, sizeof mark);
   nftnl_expr* e = make("meta");
   nftnl_expr_set_u32(e, NFTNL_EXPR_META_KEY, NFT_META_MARK);
   nftnl_expr_set_u32(e, NFTNL_EXPR_META_SREG, kReg);
@@ -210,10 +214,7 @@ NftRule& NftRule::ct_mark_neq(std::uint32_t mark) {
 }
 
 NftRule& NftRule::set_ct_mark(std::uint32_t mark) {
-  nftnl_expr* imm = make("immediate");
-  nftnl_expr_set_u32(imm, NFTNL_EXPR_IMM_DREG, kReg);
-  nftnl_expr_set(imm, NFTNL_EXPR_IMM_DATA, &mark, sizeof mark);
-  add(imm);
+  load_immediate(&mark, sizeof mark);
   nftnl_expr* e = make("ct");
   nftnl_expr_set_u32(e, NFTNL_EXPR_CT_KEY, NFT_CT_MARK);
   nftnl_expr_set_u32(e, NFTNL_EXPR_CT_SREG, kReg);

@@ -64,6 +64,7 @@ class NftRule {
   void add(nftnl_expr* e);
   void need(std::string_view module);
   void cmp(std::uint32_t op, const void* data, std::uint32_t len);
+  void load_immediate(const void* data, std::uint32_t len);  // data into the register
 
   std::unique_ptr<nftnl_rule, NftnlRuleDeleter> rule_;
   std::string comment_;

@@ -54,6 +54,20 @@ std::string interesting_lines(const std::string& log) {
   return out;
 }
 
+// A listening TCP socket on addr:port (host byte order) in the calling thread's
+// namespace; invalid (errno set) on failure.
+Fd listen_tcp4(std::uint32_t addr, std::uint16_t port) {
+  Fd l(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const int one = 1;
+  ::setsockopt(l.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(addr);
+  if (::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(l.get(), 4) != 0) return Fd();
+  return l;
+}
+
 // Accepts one connection, giving up after `timeout` (a test that failed elsewhere must
 // not leave this thread blocked in accept forever).
 Fd accept_within(int listener, std::chrono::milliseconds timeout = 5s) {
@@ -255,16 +269,9 @@ TEST(TcpSplit, ServerResetReachesClient) {
   std::atomic<bool> listening{false};
   std::thread server([&] {
     lab->in_ns(lab->wan_ns(), [&] {
-      Fd l(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-      const int one = 1;
-      ::setsockopt(l.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_port = htons(9100);
-      a.sin_addr.s_addr = htonl(0xcb00710a);  // 203.0.113.10
-      const bool ok = ::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(l.get(), 4) == 0;
+      Fd l = listen_tcp4(0xcb00710a, 9100);  // 203.0.113.10
       listening = true;
-      ASSERT_TRUE(ok) << std::strerror(errno);
+      ASSERT_TRUE(l) << std::strerror(errno);
       Fd s = accept_within(l.get());
       read_line(s.get());
       const linger lg{1, 0};
@@ -376,15 +383,9 @@ TEST(TcpSplit, InboundConnectionsStillWork) {
   std::atomic<bool> listening{false};
   std::thread server([&] {
     lab->in_ns(lab->host_ns(), [&] {
-      Fd l(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-      const int one = 1;
-      ::setsockopt(l.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_port = htons(8080);
-      const bool ok = ::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(l.get(), 4) == 0;
+      Fd l = listen_tcp4(INADDR_ANY, 8080);
       listening = true;
-      ASSERT_TRUE(ok) << std::strerror(errno);
+      ASSERT_TRUE(l) << std::strerror(errno);
       Fd s = accept_within(l.get());
       send_all(s.get(), "hello from host\n");
     });
