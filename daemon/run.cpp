@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
@@ -47,12 +48,27 @@ bool has_net_admin() {
   return false;
 }
 
-// Each session holds two sockets; the soft limit of 1024 would cap us at ~500 flows.
-void raise_fd_limit() {
+// Each TCP session holds two sockets and each UDP mapping one, plus reply sockets: the
+// soft limit of 1024 would cap us at ~500 flows, and a hard limit of 20k (common for
+// containers) at ~10k. Ask for what max_sessions needs; a privileged splitd
+// (CAP_SYS_RESOURCE, as root) may raise the hard limit too, up to fs.nr_open.
+void raise_fd_limit(std::uint32_t max_sessions) {
   rlimit lim{};
-  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
-    lim.rlim_cur = lim.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &lim);
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  rlim_t want = 3 * static_cast<rlim_t>(max_sessions) + 8192;
+  rlim_t nr_open = 1048576;
+  std::ifstream("/proc/sys/fs/nr_open") >> nr_open;
+  want = std::min(want, nr_open);
+  if (lim.rlim_cur >= want) return;
+  if (lim.rlim_max < want) {
+    const rlimit raised{want, want};
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) return;
+  }
+  lim.rlim_cur = std::min(want, lim.rlim_max);
+  setrlimit(RLIMIT_NOFILE, &lim);
+  if (lim.rlim_cur < 2 * static_cast<rlim_t>(max_sessions)) {
+    log::warn("the open-file limit (", lim.rlim_cur, ") allows fewer than max_sessions (", max_sessions,
+              ") TCP sessions; raise it (ulimit -n) or lower proxy.max_sessions");
   }
 }
 
@@ -183,7 +199,7 @@ int run(const std::string& path, bool path_given) {
                "as root, or grant it with `setcap cap_net_admin,cap_net_raw+ep /path/to/splitd`");
     return kExitRuntime;
   }
-  raise_fd_limit();
+  raise_fd_limit(cfg->proxy.max_sessions);
 
   // Stop signals are blocked in every thread and taken by sigtimedwait below.
   sigset_t signals;
