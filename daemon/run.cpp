@@ -371,7 +371,7 @@ int run(const std::string& path, bool path_given) {
   // live flow must never follow the system's routing after the rules are gone (a
   // tunnel-bound flow would leak out the physical side). New flows meanwhile meet a
   // closed port and fail, which is the safe way to fail.
-  tcp.stop(std::chrono::milliseconds(1000));
+  tcp.stop();
   udp.stop(std::chrono::milliseconds(300));
   remove_rules.armed = false;
   if (auto r = (*fw)->remove(); !r) {

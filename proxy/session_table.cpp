@@ -1,6 +1,9 @@
 #include "proxy/session_table.hpp"
 
+#include <netinet/in.h>
+
 #include <algorithm>
+#include <cstring>
 
 namespace splitd::proxy {
 
@@ -15,12 +18,37 @@ std::string Endpoint::to_string() const {
   return address.is_v6() ? "[" + a + "]:" + std::to_string(port) : a + ":" + std::to_string(port);
 }
 
+Endpoint endpoint_of(const sockaddr_storage& ss) {
+  if (ss.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(ss);
+    return {IpAddress::v4(a.sin_addr), ntohs(a.sin_port)};
+  }
+  const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
+  return {IpAddress::v6(a.sin6_addr).unmapped(), ntohs(a.sin6_port)};
+}
+
+socklen_t sockaddr_of(const Endpoint& ep, sockaddr_storage& ss) {
+  std::memset(&ss, 0, sizeof ss);
+  if (ep.address.is_v4()) {
+    auto& a = reinterpret_cast<sockaddr_in&>(ss);
+    a.sin_family = AF_INET;
+    a.sin_addr = ep.address.to_in_addr();
+    a.sin_port = htons(ep.port);
+    return sizeof a;
+  }
+  auto& a = reinterpret_cast<sockaddr_in6&>(ss);
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = ep.address.to_in6_addr();
+  a.sin6_port = htons(ep.port);
+  return sizeof a;
+}
+
 void Session::touch() { last_activity_ms.store(steady_ms(), std::memory_order_relaxed); }
 
 std::shared_ptr<Session> SessionTable::add(decider::Protocol protocol, const Endpoint& client,
                                            const Endpoint& destination,
                                            const decider::Route& route,
-                                           std::function<void()> kill) {
+                                           std::function<void(std::uint64_t id)> kill) {
   auto s = std::make_shared<Session>();
   s->id = next_id_.fetch_add(1, std::memory_order_relaxed);
   s->kill = std::move(kill);
@@ -76,7 +104,7 @@ bool SessionTable::kill(std::uint64_t id) {
     s = it->second;
   }
   if (!s->kill) return false;
-  s->kill();
+  s->kill(id);
   return true;
 }
 

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -22,6 +24,10 @@ struct Endpoint {
   friend bool operator==(const Endpoint&, const Endpoint&) = default;
 };
 
+// Socket addresses of either family; IPv4-mapped IPv6 addresses come out as IPv4.
+Endpoint endpoint_of(const sockaddr_storage& ss);
+socklen_t sockaddr_of(const Endpoint& ep, sockaddr_storage& ss);
+
 // One live flow. Its worker writes the counters; any thread may read them (relaxed
 // atomics: figures for people, not for synchronisation).
 struct Session {
@@ -36,7 +42,9 @@ struct Session {
   std::atomic<std::uint64_t> packets_sent{0};
   std::atomic<std::uint64_t> packets_received{0};
   std::atomic<std::int64_t> last_activity_ms{0};  // steady clock, ms
-  std::function<void()> kill;  // asks the owning worker to end the flow (may be empty)
+  // Asks the owning worker to end the flow with this id (may be empty). Called with the
+  // session's id, so a hook needs no per-session capture.
+  std::function<void(std::uint64_t id)> kill;
 
   void touch();
 };
@@ -69,7 +77,7 @@ class SessionTable {
   // `kill` is set before the session is visible to other threads.
   std::shared_ptr<Session> add(decider::Protocol protocol, const Endpoint& client,
                                const Endpoint& destination, const decider::Route& route,
-                               std::function<void()> kill = {});
+                               std::function<void(std::uint64_t id)> kill = {});
   void remove(const Session& session);
 
   std::vector<SessionView> list() const;

@@ -33,12 +33,13 @@ struct TcpProxyOptions {
 std::pair<std::uint16_t, std::uint16_t> upstream_port_range(unsigned ephemeral_low,
                                                             unsigned ephemeral_high);
 
-// The transparent TCP proxy. Each worker thread owns an io_context and its own
+// The transparent TCP proxy. Each worker thread runs its own epoll loop with its own
 // SO_REUSEPORT transparent listeners on 127.0.0.1:port and [::1]:port (where TPROXY
-// delivers intercepted flows); a flow lives entirely on the worker that accepted it, as
-// one coroutine. Per flow: ask the decider once, dial the upstream bound to the route's
-// interface and address with the bypass mark, then splice both ways until both sides
-// are done. start() and stop() are called from one controlling thread.
+// delivers intercepted flows); a flow lives entirely on the worker that accepted it. Per
+// flow: ask the decider once, dial the upstream bound to the route's interface and address
+// with the bypass mark, then splice both ways until both sides are done. An idle flow
+// costs one small struct and its Session (no buffer, no pipe, no timer).
+// start() and stop() are called from one controlling thread.
 class TcpProxy {
  public:
   TcpProxy(TcpProxyOptions options, const decider::Decider& decider, SessionTable& sessions);
@@ -48,9 +49,8 @@ class TcpProxy {
 
   // Opens the listeners (a missing capability is a clear error) and starts the workers.
   Expected<void, std::string> start();
-  // Stops accepting, closes every session and joins the workers; gives up waiting for
-  // sessions after `deadline` (their sockets are closed either way).
-  void stop(std::chrono::milliseconds deadline = std::chrono::milliseconds(1500));
+  // Stops accepting, ends every session with a reset and joins the workers.
+  void stop();
 
   std::size_t active() const { return active_.load(std::memory_order_relaxed); }
 

@@ -43,31 +43,6 @@ constexpr std::size_t kTrimAfter = 1024;
 
 std::string errno_text(int err) { return std::strerror(err); }
 
-Endpoint endpoint_of(const sockaddr_storage& ss) {
-  if (ss.ss_family == AF_INET) {
-    const auto& a = reinterpret_cast<const sockaddr_in&>(ss);
-    return {IpAddress::v4(a.sin_addr), ntohs(a.sin_port)};
-  }
-  const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
-  return {IpAddress::v6(a.sin6_addr).unmapped(), ntohs(a.sin6_port)};
-}
-
-socklen_t sockaddr_of(const Endpoint& ep, sockaddr_storage& ss) {
-  std::memset(&ss, 0, sizeof ss);
-  if (ep.address.is_v4()) {
-    auto& a = reinterpret_cast<sockaddr_in&>(ss);
-    a.sin_family = AF_INET;
-    a.sin_addr = ep.address.to_in_addr();
-    a.sin_port = htons(ep.port);
-    return sizeof a;
-  }
-  auto& a = reinterpret_cast<sockaddr_in6&>(ss);
-  a.sin6_family = AF_INET6;
-  a.sin6_addr = ep.address.to_in6_addr();
-  a.sin6_port = htons(ep.port);
-  return sizeof a;
-}
-
 // Serialises endpoints for the keyed hash: family, 16 address bytes, port.
 struct KeyBytes {
   std::array<std::uint8_t, 64> b{};
@@ -490,7 +465,7 @@ class UdpProxy::Worker {
     f->key = {client, dst};
     f->mapping = m;
     f->last = now;
-    f->session = proxy_.sessions_.add(decider::Protocol::kUdp, client, dst, route, [this, key = f->key] {
+    f->session = proxy_.sessions_.add(decider::Protocol::kUdp, client, dst, route, [this, key = f->key](std::uint64_t) {
       asio::post(ctx_, [this, key] {
         if (Flow* f = find_flow(key)) evict_flow(*f, "killed");
       });

@@ -26,7 +26,11 @@ TEST(SessionTable, CountsListsAndKills) {
   auto b = t.add(decider::Protocol::kTcp, {*IpAddress::parse("2001:db8:ff:2::2"), 40001},
                  {*IpAddress::parse("2001:db8:1::10"), 443}, r);
   bool killed = false;
-  b->kill = [&] { killed = true; };
+  std::uint64_t killed_id = 0;
+  b->kill = [&](std::uint64_t id) {
+    killed = true;
+    killed_id = id;
+  };
   a->bytes_sent += 100;
   b->bytes_received += 50;
   auto list = t.list();
@@ -37,6 +41,7 @@ TEST(SessionTable, CountsListsAndKills) {
   EXPECT_EQ(list[0].bytes_sent, 100u);
   EXPECT_TRUE(t.kill(b->id));
   EXPECT_TRUE(killed);
+  EXPECT_EQ(killed_id, b->id);
   EXPECT_FALSE(t.kill(a->id));      // no kill hook
   EXPECT_FALSE(t.kill(12345));      // unknown id
   t.remove(*a);
