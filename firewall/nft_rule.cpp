@@ -187,6 +187,27 @@ NftRule& NftRule::socket_transparent() {
   return *this;
 }
 
+NftRule& NftRule::tcp_not_syn() {
+  constexpr std::uint32_t kTcpFlagsOffset = 13;
+  constexpr std::uint8_t kSyn = 0x02, kAck = 0x10;
+  nftnl_expr* e = make("payload");
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_OFFSET, kTcpFlagsOffset);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_LEN, 1);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_DREG, kReg);
+  add(e);
+  nftnl_expr* b = make("bitwise");
+  const std::uint8_t mask = kSyn | kAck, zero = 0;
+  nftnl_expr_set_u32(b, NFTNL_EXPR_BITWISE_SREG, kReg);
+  nftnl_expr_set_u32(b, NFTNL_EXPR_BITWISE_DREG, kReg);
+  nftnl_expr_set_u32(b, NFTNL_EXPR_BITWISE_LEN, 1);
+  nftnl_expr_set(b, NFTNL_EXPR_BITWISE_MASK, &mask, 1);
+  nftnl_expr_set(b, NFTNL_EXPR_BITWISE_XOR, &zero, 1);
+  add(b);
+  cmp(NFT_CMP_NEQ, &kSyn, 1);
+  return *this;
+}
+
 void NftRule::load_immediate(const void* data, std::uint32_t len) {
   nftnl_expr* imm = make("immediate");
   nftnl_expr_set_u32(imm, NFTNL_EXPR_IMM_DREG, kReg);

@@ -38,6 +38,7 @@ class NftRule {
   NftRule& fib_daddr_type_in(std::vector<std::uint32_t> rtn_types);  // fib daddr type { ... }
   NftRule& daddr_in_set(IpAddress::Family family, std::string set);  // ip(6) daddr @set
   NftRule& socket_transparent();                                     // socket transparent 1
+  NftRule& tcp_not_syn();  // tcp flags & (syn | ack) != syn (needs l4proto tcp before it)
   NftRule& set_mark(std::uint32_t mark);                             // meta mark set MARK
   NftRule& ct_mark_neq(std::uint32_t mark);                          // ct mark != MARK
   NftRule& set_ct_mark(std::uint32_t mark);                          // ct mark set MARK

@@ -103,14 +103,26 @@ NftBatch install_batch(const FirewallConfig& c) {
   // The marked packets coming back through lo: those of an established transparent
   // socket (the proxy's accepted connections, UDP reply sockets) go straight to it, the
   // rest to the proxy listener. tproxy is only possible in prerouting.
+  //
+  // Not a TCP SYN: a client that reuses its port for the same server meets the proxy's
+  // accepted socket of the previous flow in TIME_WAIT (the proxy closed first), and the
+  // socket match would deliver the SYN to it. It answers with a stale ACK, the client
+  // resets and retries after a timeout: ~16 ms per connection, most connections under
+  // load. tproxy instead ends the TIME_WAIT and hands the SYN to the listener.
   b.add_chain("prerouting", "filter", NF_INET_PRE_ROUTING, NF_IP_PRI_MANGLE);
-  std::vector<std::uint8_t> protos;
-  if (c.intercept_tcp) protos.push_back(IPPROTO_TCP);
-  if (c.intercept_udp) protos.push_back(IPPROTO_UDP);
-  if (!protos.empty()) {
-    b.add_rule("prerouting", std::move(NftRule("packets of established transparent sockets")
+  if (c.intercept_tcp) {
+    b.add_rule("prerouting", std::move(NftRule("TCP packets of established transparent sockets")
                                            .iif_eq(kLoopbackIfindex)
-                                           .l4proto_in(protos)
+                                           .l4proto_in({IPPROTO_TCP})
+                                           .tcp_not_syn()
+                                           .socket_transparent()
+                                           .set_mark(c.mark)
+                                           .accept()));
+  }
+  if (c.intercept_udp) {
+    b.add_rule("prerouting", std::move(NftRule("UDP packets of established transparent sockets")
+                                           .iif_eq(kLoopbackIfindex)
+                                           .l4proto_in({IPPROTO_UDP})
                                            .socket_transparent()
                                            .set_mark(c.mark)
                                            .accept()));

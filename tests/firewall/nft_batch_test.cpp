@@ -94,7 +94,7 @@ TEST(NftBatch, EveryMessageHasALabel) {
                            "rule 'never_intercept' in chain output",
                            "rule 'intercept TCP' in chain output",
                            "chain prerouting",
-                           "rule 'packets of established transparent sockets' in chain prerouting",
+                           "rule 'TCP packets of established transparent sockets' in chain prerouting",
                            "rule 'to splitd's TCP proxy' in chain prerouting",
                        }));
   EXPECT_EQ(b.label(1), "nftables transaction");
@@ -114,9 +114,7 @@ TEST(NftBatch, UdpAndIpv6OffChangeTheRuleset) {
   };
   EXPECT_TRUE(has("rule 'intercept UDP' in chain output"));
   EXPECT_TRUE(has("rule 'to splitd's UDP proxy' in chain prerouting"));
-  // { tcp, udp } is an anonymous set in front of the transparent-socket rule.
-  EXPECT_TRUE(has(
-      "anonymous set of rule 'packets of established transparent sockets' in chain prerouting"));
+  EXPECT_TRUE(has("rule 'UDP packets of established transparent sockets' in chain prerouting"));
   EXPECT_FALSE(has("set never6"));
 }
 
@@ -138,7 +136,7 @@ TEST(NftBatch, AFailureNamesTheObjectAndWhatToDo) {
       << e.message;
 
   e = b.describe_failure(
-      seq_of(b, "rule 'packets of established transparent sockets' in chain prerouting"), ENOENT,
+      seq_of(b, "rule 'TCP packets of established transparent sockets' in chain prerouting"), ENOENT,
       "");
   EXPECT_NE(e.message.find("nft_socket"), std::string::npos) << e.message;
 
