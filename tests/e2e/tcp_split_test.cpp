@@ -1,7 +1,9 @@
 // The TCP split path end to end: real splitd in the lab's host namespace, real clients,
 // and wan/vpn servers that say which way each flow went.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <poll.h>
@@ -374,6 +376,47 @@ TEST(TcpSplit, FiveThousandShortConnectionsWithoutStall) {
               static_cast<long long>(worst.count()));
   EXPECT_EQ(failures, 0);
   EXPECT_LT(worst, 200ms);
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
+// The server closes first, so splitd's accepted socket of a flow ends in TIME_WAIT. A
+// client that reuses its port for the same server (any busy client does, sooner or later)
+// must reach the listener at once: its SYN once went to the TIME_WAIT socket, which
+// answered with a stale ACK, and the client got through only after a reset and a SYN
+// retransmission. The client's own TCP_INFO counts such retransmissions.
+TEST(TcpSplit, AClientReusingItsPortIsNotSentToTheOldFlowsTimeWait) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
+  constexpr int kRounds = 20;
+  constexpr std::uint16_t kPort = 45678;
+  int answered = 0, retransmitted = 0;
+  lab->in_ns(lab->host_ns(), [&] {
+    for (int i = 0; i < kRounds; ++i) {
+      Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      const int one = 1;
+      ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      sockaddr_in src{};
+      src.sin_family = AF_INET;
+      src.sin_port = htons(kPort);
+      sockaddr_in dst{};
+      dst.sin_family = AF_INET;
+      dst.sin_port = htons(80);
+      ::inet_pton(AF_INET, "203.0.113.10", &dst.sin_addr);
+      if (::bind(s.get(), reinterpret_cast<sockaddr*>(&src), sizeof src) != 0 ||
+          ::connect(s.get(), reinterpret_cast<sockaddr*>(&dst), sizeof dst) != 0 ||
+          !send_all(s.get(), "GET / HTTP/1.0\r\n\r\n")) {
+        continue;
+      }
+      if (read_to_eof(s.get()).find("wan 198.18.1.2 ") != std::string::npos) answered++;
+      tcp_info ti{};
+      socklen_t len = sizeof ti;
+      if (::getsockopt(s.get(), IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && ti.tcpi_total_retrans > 0) {
+        retransmitted++;
+      }
+    }
+  });
+  EXPECT_EQ(answered, kRounds) << splitd->log();
+  EXPECT_EQ(retransmitted, 0);
   EXPECT_EQ(splitd->terminate(), 0);
 }
 
