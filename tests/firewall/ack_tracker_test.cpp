@@ -15,14 +15,23 @@ constexpr std::uint32_t kPortid = 4242;
 
 // One NLMSG_ERROR message as the kernel sends it with NETLINK_CAP_ACK; `ext` adds an
 // extended-ack message attribute.
+//
+// Every size and the "has an attribute" decision are taken once, into locals, before the
+// buffer is allocated. Asking `ext` again after the allocation made GCC 12 at -O3 treat
+// the two questions as independent (operator new might, as far as it knows, change the
+// string behind the reference), thread a path with a buffer sized without the attribute
+// that still writes it, and report -Wstringop-overflow / -Warray-bounds on that path.
 std::vector<std::uint8_t> ack(std::uint32_t seq, int error, std::uint32_t portid = kPortid,
                               const std::string& ext = {}) {
-  const std::size_t attr_len = ext.empty() ? 0 : NLA_ALIGN(NLA_HDRLEN + ext.size() + 1);
-  std::vector<std::uint8_t> m(NLMSG_LENGTH(sizeof(nlmsgerr)) + attr_len, 0);
+  constexpr std::size_t kAttrOffset = NLMSG_LENGTH(sizeof(nlmsgerr));
+  const std::size_t ext_len = ext.size();  // without the terminating NUL
+  const bool with_ext = ext_len != 0;
+  const std::size_t attr_len = with_ext ? NLA_HDRLEN + ext_len + 1 : 0;
+  std::vector<std::uint8_t> m(kAttrOffset + NLA_ALIGN(attr_len), 0);
   nlmsghdr h{};
   h.nlmsg_len = static_cast<std::uint32_t>(m.size());
   h.nlmsg_type = NLMSG_ERROR;
-  h.nlmsg_flags = NLM_F_CAPPED | (ext.empty() ? 0 : NLM_F_ACK_TLVS);
+  h.nlmsg_flags = NLM_F_CAPPED | (with_ext ? NLM_F_ACK_TLVS : 0);
   h.nlmsg_seq = seq;
   h.nlmsg_pid = portid;
   std::memcpy(m.data(), &h, sizeof h);
@@ -30,13 +39,13 @@ std::vector<std::uint8_t> ack(std::uint32_t seq, int error, std::uint32_t portid
   e.error = -error;
   e.msg.nlmsg_seq = seq;
   std::memcpy(m.data() + NLMSG_HDRLEN, &e, sizeof e);
-  if (!ext.empty()) {
+  if (with_ext) {
     nlattr a{};
-    a.nla_len = static_cast<std::uint16_t>(NLA_HDRLEN + ext.size() + 1);
+    a.nla_len = static_cast<std::uint16_t>(attr_len);
     a.nla_type = NLMSGERR_ATTR_MSG;
-    std::uint8_t* at = m.data() + NLMSG_LENGTH(sizeof(nlmsgerr));
+    std::uint8_t* at = m.data() + kAttrOffset;
     std::memcpy(at, &a, sizeof a);
-    std::memcpy(at + NLA_HDRLEN, ext.c_str(), ext.size() + 1);
+    std::memcpy(at + NLA_HDRLEN, ext.data(), ext_len);  // the NUL: m is zero-filled
   }
   return m;
 }
