@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lab.sh — builds and removes the splitd network-namespace lab (see README.md here).
 #
-#   lab.sh up [--vpn-default-route] [--owner PID] [--bin-dir DIR]
+#   lab.sh up [--vpn-default-route] [--tunnel tun|veth] [--owner PID] [--bin-dir DIR]
 #   lab.sh down ID
 #   lab.sh vpn-route ID on|off
 #   lab.sh reap
@@ -182,10 +182,11 @@ reap_locked() {
   done < <(ip netns list 2>/dev/null || true)
 }
 
+# The newest directory holding the helper programs; a veth lab (NEED_RELAY=0) needs no relay.
 find_bin_dir() {
   local d best="" best_time=0 t
   for d in "$SCRIPT_DIR" "$SCRIPT_DIR"/../../build*/tests/lab; do
-    if [[ -x $d/lab-tun-relay && -x $d/lab-responder ]]; then
+    if [[ -x $d/lab-responder ]] && { ((!NEED_RELAY)) || [[ -x $d/lab-tun-relay ]]; }; then
       t=$(stat -c %Y "$d/lab-responder")
       if ((t > best_time)); then best=$d best_time=$t; fi
     fi
@@ -258,11 +259,16 @@ on_up_exit() {
   exit "$rc"
 }
 
+NEED_RELAY=1
 cmd_up() {
-  local vpn_route=0 owner=$PPID bin_dir=${LAB_BIN_DIR:-}
+  local vpn_route=0 owner=$PPID bin_dir=${LAB_BIN_DIR:-} tunnel=tun
   while (($#)); do
     case $1 in
       --vpn-default-route) vpn_route=1 ;;
+      --tunnel)
+        tunnel=${2:?--tunnel needs tun or veth}; shift
+        [[ $tunnel == tun || $tunnel == veth ]] || die "up: --tunnel must be tun or veth, not '$tunnel'"
+        ;;
       --owner) owner=${2:?--owner needs a PID}; shift ;;
       --bin-dir) bin_dir=${2:?--bin-dir needs a directory}; shift ;;
       *) die "up: unknown argument '$1'" ;;
@@ -270,7 +276,10 @@ cmd_up() {
     shift
   done
   ((EUID == 0)) || die "up: the lab needs root (network namespaces, TUN devices)"
-  [[ -c /dev/net/tun ]] || die "up: /dev/net/tun is missing (no TUN support)"
+  [[ $tunnel == tun ]] || NEED_RELAY=0
+  if ((NEED_RELAY)); then
+    [[ -c /dev/net/tun ]] || die "up: /dev/net/tun is missing (no TUN support)"
+  fi
   local tool
   for tool in ip dnsmasq dig curl flock setsid; do
     command -v "$tool" >/dev/null || die "up: '$tool' not found in PATH"
@@ -278,8 +287,12 @@ cmd_up() {
   if [[ -z $bin_dir ]]; then
     bin_dir=$(find_bin_dir) || die "up: cannot find lab-tun-relay and lab-responder; build them or pass --bin-dir (or set LAB_BIN_DIR)"
   fi
-  [[ -x $bin_dir/lab-tun-relay && -x $bin_dir/lab-responder ]] ||
-    die "up: $bin_dir does not hold executable lab-tun-relay and lab-responder"
+  if ((NEED_RELAY)); then
+    [[ -x $bin_dir/lab-tun-relay && -x $bin_dir/lab-responder ]] ||
+      die "up: $bin_dir does not hold executable lab-tun-relay and lab-responder"
+  else
+    [[ -x $bin_dir/lab-responder ]] || die "up: $bin_dir does not hold an executable lab-responder"
+  fi
   bin_dir=$(cd -- "$bin_dir" && pwd)  # absolute: `ps` and `lab.sh list` show real paths
   local owner_start
   owner_start=$(proc_starttime "$owner") || die "up: owner pid '$owner' is not a live process"
@@ -302,6 +315,7 @@ cmd_up() {
   BUILD_ID=$id  # from here on, a failure removes the lab
   echo "$owner $owner_start" >"$dir/owner.tmp"
   mv -f "$dir/owner.tmp" "$dir/owner"
+  echo "$tunnel" >"$dir/tunnel"
   unlock_state_root
 
   local host wan vpn
@@ -320,11 +334,25 @@ cmd_up() {
       done'
   done
 
-  # The relay creates tun0 in host and vpn; start it early and configure while it starts.
-  setsid "$bin_dir/lab-tun-relay" --netns-a "/run/netns/$host" --name-a tun0 \
-    --netns-b "/run/netns/$vpn" --name-b tun0 --pidfile "$dir/relay.pid" \
-    </dev/null >>"$dir/relay.log" 2>&1 &
-  local relay_pid=$!
+  local relay_pid=
+  if [[ $tunnel == tun ]]; then
+    # The relay creates tun0 in host and vpn; start it early and configure while it starts.
+    setsid "$bin_dir/lab-tun-relay" --netns-a "/run/netns/$host" --name-a tun0 \
+      --netns-b "/run/netns/$vpn" --name-b tun0 --pidfile "$dir/relay.pid" \
+      </dev/null >>"$dir/relay.log" 2>&1 &
+    relay_pid=$!
+  else
+    # --tunnel veth: tun0 is a veth pair between host and vpn (in-kernel, no relay, so it
+    # is never the bottleneck of a benchmark), created in host with its peer placed straight
+    # into vpn. Both ends are NOARP and share one MAC address: a NOARP device sends every
+    # frame to its own address, which is then the peer's too, so like a TUN device it needs
+    # no neighbour resolution and routes "dev tun0" without a gateway work for any
+    # destination, IPv4 and IPv6.
+    ip -n "$host" link add tun0 address 02:5d:1a:b0:00:01 type veth \
+      peer name tun0 address 02:5d:1a:b0:00:01 netns "$vpn"
+    ip -n "$host" link set tun0 arp off
+    ip -n "$vpn" link set tun0 arp off
+  fi
 
   # The veth pair is created inside host with its peer placed straight into wan, so
   # no link ever exists in the root namespace.
@@ -383,8 +411,10 @@ EOF
       die "up: dnsmasq in $ns failed to start: $(tail -n 5 "$dir/dnsmasq-$side.log" 2>/dev/null)"
   done
 
-  wait_for "lab-tun-relay to create tun0" 5 \
-    "[[ -s '$dir/relay.pid' ]] || { check_started $relay_pid lab-tun-relay '$dir/relay.log'; false; }"
+  if [[ -n $relay_pid ]]; then
+    wait_for "lab-tun-relay to create tun0" 5 \
+      "[[ -s '$dir/relay.pid' ]] || { check_started $relay_pid lab-tun-relay '$dir/relay.log'; false; }"
+  fi
   ip -n "$host" -batch - <<EOF
 link set tun0 up
 address add $HOST_TUN4 dev tun0
