@@ -397,6 +397,13 @@ class TcpProxy::Worker {
     dial(f);
   }
 
+  std::uint32_t random() {  // xorshift64*: plenty for spreading ports, no shared state
+    rng_ ^= rng_ >> 12;
+    rng_ ^= rng_ << 25;
+    rng_ ^= rng_ >> 27;
+    return static_cast<std::uint32_t>((rng_ * 0x2545F4914F6CDD1Dull) >> 32);
+  }
+
   bool watch(Flow* f, int side) {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
@@ -421,6 +428,10 @@ class TcpProxy::Worker {
   // timestamps (tcp_twsk_unique), refused otherwise. Limits: per source address and
   // server ip:port, as many concurrent flows as the range has ports (4536 by default),
   // and against servers without timestamps that many per TIME_WAIT period (60 s).
+  //
+  // Ports are drawn at random: a sequential sweep meets long runs of ports already used
+  // for the same server (a burst takes them in order) and gave up after kPortAttempts at
+  // half occupancy; at random that takes an occupancy above 0.9 to matter (0.9^32 = 3%).
   void dial(Flow* f) {
     const Session& s = *f->session;
     const decider::Route& route = s.route;
@@ -449,7 +460,7 @@ class TcpProxy::Worker {
       std::uint16_t port = 0;
       if (own_ports) {
         const std::uint32_t span = hi - lo + 1u;
-        port = static_cast<std::uint16_t>(lo + proxy_.next_port_.fetch_add(1, std::memory_order_relaxed) % span);
+        port = static_cast<std::uint16_t>(lo + random() % span);
         set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1);
       } else {
         // No room outside the ephemeral range: let connect() pick (may collide, see above).
@@ -729,6 +740,7 @@ class TcpProxy::Worker {
   std::vector<Pipe> pipes_;
   std::int64_t now_ = 0;
   std::int64_t accept_paused_until_ = 0;
+  std::uint64_t rng_ = (static_cast<std::uint64_t>(std::random_device{}()) << 32) | std::random_device{}() | 1;
   std::atomic<bool> stop_{false};
   std::shared_ptr<Mailbox> mailbox_ = std::make_shared<Mailbox>();
   std::thread thread_;
@@ -762,7 +774,6 @@ Expected<void, std::string> TcpProxy::start() {
                 options_.source_port_max, " (outside the ephemeral range ", low, "-", high, ")");
     }
   }
-  next_port_.store(static_cast<std::uint32_t>(std::random_device{}()));
   unsigned n = options_.threads ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) {
     auto w = std::make_unique<Worker>(*this);

@@ -61,7 +61,6 @@ class TcpProxy {
   const decider::Decider& decider_;
   SessionTable& sessions_;
   std::atomic<std::size_t> active_{0};
-  std::atomic<std::uint32_t> next_port_{0};
   std::vector<std::unique_ptr<Worker>> workers_;
 };
 
