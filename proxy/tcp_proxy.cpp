@@ -1,6 +1,8 @@
 #include "proxy/tcp_proxy.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -33,7 +35,7 @@ constexpr int kMaxEvents = 256;
 constexpr int kAcceptBatch = 64;         // accepts per listener event (it is level-triggered)
 constexpr int kPumpRounds = 16;          // splice rounds per turn before other flows get theirs
 constexpr std::size_t kSpliceChunk = 1 << 20;  // ask for up to the pipe's capacity
-constexpr int kPipeSize = 256 * 1024;    // fewer syscalls per byte than the default 64 KiB
+constexpr int kPipeSize = 1024 * 1024;  // fewer splices per byte than 64 KiB; pages only while full
 constexpr std::size_t kPipePoolMax = 64;
 constexpr std::size_t kUrgentChunk = 4096;  // PIPE_BUF: fits an empty pipe of any size, at once
 constexpr std::int64_t kPacketsEveryMs = 100;
@@ -135,7 +137,7 @@ class TcpProxy::Worker {
     std::vector<std::uint64_t> kills;
   };
 
-  explicit Worker(TcpProxy& proxy) : proxy_(proxy) {}
+  Worker(TcpProxy& proxy, unsigned index) : proxy_(proxy), index_(index) {}
 
   ~Worker() {
     if (thread_.joinable()) {
@@ -173,7 +175,10 @@ class TcpProxy::Worker {
       std::lock_guard lock(mailbox_->mu);
       mailbox_->worker = this;
     }
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this] {
+      pin();
+      loop();
+    });
   }
 
   // From the controlling thread, for every worker before any is joined: stop accepting and
@@ -192,6 +197,27 @@ class TcpProxy::Worker {
   }
 
  private:
+  // Worker i runs on the i-th CPU splitd may use (taskset and cpusets are respected). A
+  // worker that migrates leaves packets it sent through lo or a veth in the previous
+  // CPU's backlog while new ones go to the next: the receiver sees them out of order and
+  // retransmits. In the lab, pinning took one bulk stream from ~10 to ~13 Gbit/s and
+  // 50-concurrent connections from ~6.7k/s to ~7.4k/s.
+  void pin() const {
+    cpu_set_t allowed;
+    if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
+    const int n = CPU_COUNT(&allowed);
+    if (n <= 1) return;
+    int want = static_cast<int>(index_ % static_cast<unsigned>(n));
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (!CPU_ISSET(cpu, &allowed) || want-- != 0) continue;
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      ::pthread_setaffinity_np(::pthread_self(), sizeof one, &one);
+      return;
+    }
+  }
+
   void wake() {
     const std::uint64_t one = 1;
     [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
@@ -732,6 +758,7 @@ class TcpProxy::Worker {
   }
 
   TcpProxy& proxy_;
+  unsigned index_;
   Fd epoll_, wake_;
   std::vector<Fd> listeners_;
   FlowList connecting_, open_;
@@ -774,9 +801,15 @@ Expected<void, std::string> TcpProxy::start() {
                 options_.source_port_max, " (outside the ephemeral range ", low, "-", high, ")");
     }
   }
-  unsigned n = options_.threads ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
+  unsigned n = options_.threads;
+  if (n == 0) {  // one per CPU splitd may run on
+    cpu_set_t allowed;
+    n = ::sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? static_cast<unsigned>(CPU_COUNT(&allowed))
+                                                            : std::thread::hardware_concurrency();
+    n = std::max(1u, n);
+  }
   for (unsigned i = 0; i < n; ++i) {
-    auto w = std::make_unique<Worker>(*this);
+    auto w = std::make_unique<Worker>(*this, i);
     if (auto r = w->listen(); !r) {
       workers_.clear();
       return r;

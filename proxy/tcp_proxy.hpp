@@ -20,7 +20,7 @@ struct TcpProxyOptions {
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds idle_timeout{300000};
   bool ipv6 = true;
-  unsigned threads = 0;  // 0 = one per core
+  unsigned threads = 0;  // 0 = one per CPU in splitd's affinity mask, each pinned to its CPU
   // Source ports of upstream sockets; 0/0 = the ports above the system's ephemeral range
   // (see open_upstream for why they must not overlap it).
   std::uint16_t source_port_min = 0;
