@@ -412,6 +412,7 @@ class TcpProxy::Worker {
       }
     });
     f->deadline_ms = now_ + opts.connect_timeout.count();
+    f->packets_ms = now_;  // first TCP_INFO after kPacketsEveryMs: short flows need none
     connecting_.push_back(f);
 
     if (route.kind == decider::RouteKind::kBlock) {
@@ -519,9 +520,13 @@ class TcpProxy::Worker {
   void connected(Flow* f, std::uint32_t events) {
     if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
     int err = 0;
-    socklen_t len = sizeof err;
-    if (::getsockopt(f->fd[kUpstream], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    if (err == 0 && (events & (EPOLLERR | EPOLLHUP))) err = ECONNRESET;
+    // A failed connect always raises EPOLLERR (tcp_poll reports sk_err), so a plain
+    // EPOLLOUT is a success and needs no SO_ERROR round trip.
+    if (events & (EPOLLERR | EPOLLHUP)) {
+      socklen_t len = sizeof err;
+      if (::getsockopt(f->fd[kUpstream], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      if (err == 0) err = ECONNRESET;
+    }
     if (err != 0) {
       proxy_.sessions_.count_failed();
       end(f, End::kReset, "connect: " + errno_text(err));
@@ -566,10 +571,13 @@ class TcpProxy::Worker {
       }
       if (d.eof) {
         give_pipe(d.pipe);
-        ::shutdown(sink, SHUT_WR);
         d.done = true;
         if (moved) activity(f);
-        if (f->dir[1 - from].done) end(f, End::kClose, "closed");
+        if (f->dir[1 - from].done) {
+          end(f, End::kClose, "closed");  // close() sends the FIN: no shutdown() first
+        } else {
+          ::shutdown(sink, SHUT_WR);
+        }
         return;
       }
       if (round == kPumpRounds) {
@@ -682,7 +690,6 @@ class TcpProxy::Worker {
     if (f->dead) return;
     f->dead = true;
     (f->connecting ? connecting_ : open_).remove(f);
-    refresh_packets(f);
     for (int side : {kClient, kUpstream}) {
       if (how == End::kReset) {
         reset_fd(f->fd[side]);
