@@ -20,6 +20,7 @@
 #include <random>
 #include <thread>
 #include <tuple>
+#include <vector>
 
 #include "common/fd.hpp"
 #include "common/log.hpp"
@@ -717,6 +718,12 @@ class TcpProxy::Worker {
   }
 
   void free_dead() {
+    if (dead_.empty()) return;
+    // A flow still queued for another turn (ended by a kill or a timeout after it was
+    // queued) must leave the queue before its memory goes.
+    if (std::any_of(dead_.begin(), dead_.end(), [](const Flow* f) { return f->dir[0].queued || f->dir[1].queued; })) {
+      std::erase_if(more_, [](const std::pair<Flow*, int>& e) { return e.first->dead; });
+    }
     for (Flow* f : dead_) delete f;
     dead_.clear();
   }
