@@ -18,11 +18,6 @@
 
 namespace splitd::bench {
 
-void Fd::reset(int fd) noexcept {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = fd;
-}
-
 void fail(const std::string& what) { throw std::runtime_error(what); }
 
 void fail_errno(const std::string& what, int err) {

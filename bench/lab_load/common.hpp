@@ -14,29 +14,12 @@
 #include <utility>
 #include <vector>
 
+#include "common/fd.hpp"
+
 namespace splitd::bench {
 
-// Owns one file descriptor and closes it on destruction. Move-only value type.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) noexcept : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Fd& operator=(Fd&& other) noexcept {
-    if (this != &other) reset(std::exchange(other.fd_, -1));
-    return *this;
-  }
-  ~Fd() { reset(); }
-
-  int get() const noexcept { return fd_; }
-  explicit operator bool() const noexcept { return fd_ >= 0; }
-  void reset(int fd = -1) noexcept;
-
- private:
-  int fd_ = -1;
-};
+// The project's owning file descriptor.
+using Fd = splitd::Fd;
 
 // A bad command line: main() prints it with the usage and exits with status 2.
 class UsageError : public std::runtime_error {
