@@ -28,6 +28,11 @@ std::string lab_config(const std::string& mode, const std::vector<std::string>& 
          "[dns]\nenabled = false\n";
 }
 
+std::string curl(const lab::Lab& lab, const std::string& args) {
+  auto r = lab.exec(lab.host_ns(), "curl -s -g --max-time 5 " + args);
+  return r.exit_code == 0 ? r.out : "curl exit " + std::to_string(r.exit_code) + ": " + r.err;
+}
+
 std::unique_ptr<SplitdProcess> SplitdProcess::start(const lab::Lab& lab, const std::string& config,
                                                     const std::string& name) {
   const std::string conf_path = lab.state_dir() + "/" + name + ".toml";

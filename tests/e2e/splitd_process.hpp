@@ -49,6 +49,12 @@ std::string lab_config(const std::string& mode, const std::vector<std::string>& 
                        const std::string& proxy = "", const std::string& firewall = "",
                        const std::string& log_level = "debug");
 
+// `curl -s -g --max-time 5 ARGS` in host: its output, or "curl exit N: stderr".
+std::string curl(const lab::Lab& lab, const std::string& args);
+inline bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.rfind(prefix, 0) == 0;
+}
+
 // The wan servers' networks: excluded (direct) in most tests, the rest goes through the tunnel.
 inline const std::vector<std::string> kExcludeWanServers = {"203.0.113.0/24", "2001:db8::/64"};
 

@@ -27,13 +27,6 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 
-std::string curl(const lab::Lab& lab, const std::string& url) {
-  auto r = lab.exec(lab.host_ns(), "curl -s -g --max-time 5 " + url);
-  return r.exit_code == 0 ? r.out : "curl exit " + std::to_string(r.exit_code) + ": " + r.err;
-}
-
-bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
-
 // Checks that nothing of splitd's remains in host: no table, no policy rule.
 void expect_no_footprint(const lab::Lab& lab) {
   EXPECT_EQ(lab.exec(lab.host_ns(), "nft list tables").out.find("splitd"), std::string::npos);
