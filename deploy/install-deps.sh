@@ -13,6 +13,8 @@ PACKAGES=(
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   # runtime and lab
   nftables iproute2 procps psmisc kmod dnsmasq-base curl bind9-dnsutils iperf3 nginx-light haproxy
+  # real VPN clients of the lab (wireguard-go: there is no kernel WireGuard module here)
+  openvpn wireguard-go wireguard-tools iptables util-linux
   # tests and benches
   python3 jq
 )

@@ -267,8 +267,32 @@ std::vector<pid_t> live_pids_mentioning(const std::string& text) {
   return pids;
 }
 
+const char* to_string(Vpn vpn) {
+  switch (vpn) {
+    case Vpn::kRelay:
+      return "relay";
+    case Vpn::kOpenVpn:
+      return "openvpn";
+    case Vpn::kWireGuard:
+      return "wireguard";
+  }
+  return "?";
+}
+
 std::unique_ptr<Lab> Lab::start(const LabOptions& opts, std::string* skip_reason) {
-  if (std::string reason = unavailable_reason(); !reason.empty()) {
+  std::string reason = unavailable_reason();
+  if (reason.empty()) {
+    std::vector<const char*> tools;
+    if (opts.vpn == Vpn::kOpenVpn) tools = {"openvpn"};
+    if (opts.vpn == Vpn::kWireGuard) tools = {"wg", "wg-quick", "wireguard-go", "nft", "unshare"};
+    for (const char* tool : tools) {
+      if (find_executable(tool).empty()) {
+        reason = std::string("'") + tool + "' is not installed (deploy/install-deps.sh installs it)";
+        break;
+      }
+    }
+  }
+  if (!reason.empty()) {
     if (skip_reason != nullptr) *skip_reason = std::move(reason);
     return nullptr;
   }
@@ -278,6 +302,10 @@ std::unique_ptr<Lab> Lab::start(const LabOptions& opts, std::string* skip_reason
   std::vector<std::string> argv = {
       "bash", lab_script(), "up", "--owner", std::to_string(::getpid()), "--bin-dir", bin_dir};
   if (opts.vpn_default_route) argv.emplace_back("--vpn-default-route");
+  if (opts.vpn != Vpn::kRelay) {
+    argv.emplace_back("--vpn");
+    argv.emplace_back(to_string(opts.vpn));
+  }
   const CmdResult r = run_command(argv, kUpTimeout);
   if (r.exit_code != 0) {
     throw std::runtime_error("lab.sh up failed (exit " + std::to_string(r.exit_code) +
@@ -298,15 +326,18 @@ std::unique_ptr<Lab> Lab::start(const LabOptions& opts, std::string* skip_reason
     }
   }
   return std::unique_ptr<Lab>(
-      new Lab(vars["LAB_ID"], vars["LAB_HOST"], vars["LAB_WAN"], vars["LAB_VPN"], vars["LAB_DIR"]));
+      new Lab(vars["LAB_ID"], vars["LAB_HOST"], vars["LAB_WAN"], vars["LAB_VPN"], vars["LAB_DIR"],
+              opts.vpn));
 }
 
-Lab::Lab(std::string id, std::string host, std::string wan, std::string vpn, std::string dir)
+Lab::Lab(std::string id, std::string host, std::string wan, std::string vpn, std::string dir,
+         Vpn kind)
     : id_(std::move(id)),
       host_ns_(std::move(host)),
       wan_ns_(std::move(wan)),
       vpn_ns_(std::move(vpn)),
-      dir_(std::move(dir)) {}
+      dir_(std::move(dir)),
+      vpn_(kind) {}
 
 Lab::~Lab() {
   try {
@@ -335,6 +366,13 @@ void Lab::set_vpn_default_route(bool on) const {
   if (r.exit_code != 0) {
     throw std::runtime_error("lab.sh vpn-route " + id_ + (on ? " on" : " off") +
                              " failed: " + r.err);
+  }
+}
+
+void Lab::set_vpn_up(bool up) const {
+  const CmdResult r = run_command({"bash", lab_script(), "vpn", id_, up ? "up" : "down"});
+  if (r.exit_code != 0) {
+    throw std::runtime_error("lab.sh vpn " + id_ + (up ? " up" : " down") + " failed: " + r.err);
   }
 }
 
@@ -367,7 +405,8 @@ std::vector<pid_t> Lab::processes() const {
     for (long pid; in >> pid;) pids.push_back(static_cast<pid_t>(pid));
   }
   for (const char* name :
-       {"relay", "responder-wan", "responder-vpn", "dnsmasq-wan", "dnsmasq-vpn"}) {
+       {"relay", "responder-wan", "responder-vpn", "dnsmasq-wan", "dnsmasq-vpn", "openvpn-server",
+        "openvpn-client"}) {
     std::ifstream in(dir_ + "/" + name + ".pid");
     long pid = 0;
     if (in >> pid && pid > 0) pids.push_back(static_cast<pid_t>(pid));

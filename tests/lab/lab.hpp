@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <ostream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,12 @@ inline constexpr char kHostTun4[] = "198.18.2.2";
 inline constexpr char kHostTun6[] = "2001:db8:ff:2::2";
 inline constexpr char kVpnPeer4[] = "198.18.2.1";
 inline constexpr char kVpnPeer6[] = "2001:db8:ff:2::1";
+// With a real VPN client (LabOptions::vpn): the VPN server's address in vpn, reached from
+// host through wan (the carrier flow leaves host by phys0), and its ports.
+inline constexpr char kVpnServer4[] = "198.18.3.2";
+inline constexpr char kVpnServer6[] = "2001:db8:ff:3::2";
+inline constexpr uint16_t kOpenVpnPort = 1194;
+inline constexpr uint16_t kWireGuardPort = 51820;
 // Interface names inside host.
 inline constexpr char kPhysIf[] = "phys0";
 inline constexpr char kTunIf[] = "tun0";
@@ -53,8 +60,18 @@ inline constexpr char kSideName[] = "side.lab.test";  // TXT "wan" / "vpn"
 
 inline constexpr std::chrono::milliseconds kDefaultCmdTimeout{30'000};
 
+// What carries host's tun0 to vpn.
+enum class Vpn {
+  kRelay,      // lab-tun-relay: two TUN devices joined in user space, no VPN client
+  kOpenVpn,    // OpenVPN 2.6 client in host (--redirect-gateway def1 ipv6), server in vpn
+  kWireGuard,  // wg-quick + wireguard-go in host (AllowedIPs 0/0, ::/0), wireguard-go in vpn
+};
+const char* to_string(Vpn vpn);  // "relay", "openvpn", "wireguard"
+inline void PrintTo(Vpn vpn, std::ostream* os) { *os << to_string(vpn); }
+
 struct LabOptions {
-  bool vpn_default_route = false;  // install 0/1,128/1,::/1,8000::/1 via tun0 in host
+  bool vpn_default_route = false;  // relay only: install 0/1,128/1,::/1,8000::/1 via tun0 in host
+  Vpn vpn = Vpn::kRelay;           // real clients install their own routes
 };
 
 struct CmdResult {
@@ -107,6 +124,12 @@ class Lab {
   // Adds or removes host's "VPN default route" (idempotent). Throws on failure.
   void set_vpn_default_route(bool on) const;
 
+  Vpn vpn() const { return vpn_; }
+  // Real VPN clients only: stops the client (OpenVPN killed with SIGTERM, `wg-quick down`)
+  // or starts it again (a new tun0, a new ifindex), as users do. Returns once tun0 is
+  // gone, or the client reports itself connected. Throws on failure.
+  void set_vpn_up(bool up) const;
+
   // Runs fn on a fresh thread that has setns()'d into namespace ns (name or role), so
   // sockets it opens live there; joins it and rethrows fn's exception, if any.
   void in_ns(const std::string& ns, const std::function<void()>& fn) const;
@@ -118,10 +141,12 @@ class Lab {
   void stop();
 
  private:
-  Lab(std::string id, std::string host, std::string wan, std::string vpn, std::string dir);
+  Lab(std::string id, std::string host, std::string wan, std::string vpn, std::string dir,
+      Vpn kind);
   std::string resolve_ns(const std::string& ns) const;
 
   std::string id_, host_ns_, wan_ns_, vpn_ns_, dir_;
+  Vpn vpn_ = Vpn::kRelay;
   bool stopped_ = false;
 };
 

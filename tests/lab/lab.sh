@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # lab.sh — builds and removes the splitd network-namespace lab (see README.md here).
 #
-#   lab.sh up [--vpn-default-route] [--tunnel tun|veth] [--owner PID] [--bin-dir DIR]
+#   lab.sh up [--vpn relay|openvpn|wireguard] [--vpn-default-route] [--tunnel tun|veth]
+#             [--owner PID] [--bin-dir DIR]
 #   lab.sh down ID
 #   lab.sh vpn-route ID on|off
+#   lab.sh vpn ID up|down
 #   lab.sh reap
 #   lab.sh list
 #   lab.sh exec ID host|wan|vpn CMD...
@@ -32,6 +34,12 @@ readonly SERVER_A4=203.0.113.10 SERVER_B4=198.51.100.10
 readonly SERVER_A6=2001:db8::10 SERVER_B6=2001:db8:1::10
 readonly DNS4=203.0.113.53 DNS6=2001:db8::53
 readonly TCP_PORT=9000 HTTP_PORT=80
+# Real VPN clients (--vpn openvpn|wireguard): their server runs in vpn, reached from host
+# over wan through a carrier link wan1 <-> uplink0, so the client's carrier flow leaves
+# host by phys0 like on a real machine.
+readonly WAN_CARRIER4=198.18.3.1/24 WAN_CARRIER6=2001:db8:ff:3::1/64
+readonly VPN_SERVER4=198.18.3.2 VPN_SERVER6=2001:db8:ff:3::2
+readonly OPENVPN_PORT=1194 WIREGUARD_PORT=51820
 
 die() {
   echo "lab.sh: $*" >&2
@@ -244,6 +252,122 @@ probe_dns() {
   return 1
 }
 
+# ---- real VPN clients (--vpn openvpn|wireguard) ----------------------------------
+
+# Runs CMD in namespace NS with DIR mounted on /run/wireguard, in a private mount
+# namespace: wireguard-go and wg keep their control sockets in /run/wireguard/<if>.sock,
+# which is not per network namespace, so the host's and the vpn's tun0 (and those of
+# parallel labs) would take each other's sockets.
+in_wg_ns() {
+  local ns=$1 run=$2
+  shift 2
+  mkdir -p /run/wireguard "$run"
+  ip netns exec "$ns" unshare -m --propagation private \
+    sh -c 'mount --bind "$0" /run/wireguard && exec "$@"' "$run" "$@"
+}
+
+# The VPN server, in vpn (beyond wan): OpenVPN in peer-to-peer mode without TLS or keys
+# (a VPN without crypto, like the relay, but a real client), or wireguard-go.
+vpn_server_start() {
+  local id=$1 dir=$STATE_ROOT/$1 vpn kind
+  vpn=$(ns_name "$id" vpn)
+  kind=$(cat "$dir/tunnel")
+  case $kind in
+    openvpn)
+      ip netns exec "$vpn" setsid openvpn --dev tun0 --dev-type tun --proto udp \
+        --local "$VPN_SERVER4" --lport "$OPENVPN_PORT" --float \
+        --ifconfig "$VPN_PEER4" "${HOST_TUN4%/*}" --ifconfig-ipv6 "$VPN_PEER6/64" "${HOST_TUN6%/*}" \
+        --ping 1 --verb 3 --writepid "$dir/openvpn-server.pid" \
+        </dev/null >>"$dir/openvpn-server.log" 2>&1 &
+      wait_for "the OpenVPN server's tun0" 10 "ip -n '$vpn' link show tun0 >/dev/null 2>&1"
+      ;;
+    wireguard)
+      mkdir -p -m 0700 "$dir/wg"
+      (umask 077 && wg genkey >"$dir/wg/host.key" && wg genkey >"$dir/wg/vpn.key")
+      wg pubkey <"$dir/wg/host.key" >"$dir/wg/host.pub"
+      wg pubkey <"$dir/wg/vpn.key" >"$dir/wg/vpn.pub"
+      LOG_LEVEL=verbose in_wg_ns "$vpn" "$dir/wg/run-vpn" wireguard-go tun0 \
+        >>"$dir/wireguard-server.log" 2>&1 || die "up: wireguard-go in $vpn failed: $(tail -n 5 "$dir/wireguard-server.log")"
+      # The control socket appears before wireguard-go answers on it.
+      wait_for "wireguard-go (server) to answer" 5 \
+        "in_wg_ns '$vpn' '$dir/wg/run-vpn' wg show tun0 >/dev/null 2>&1"
+      in_wg_ns "$vpn" "$dir/wg/run-vpn" wg set tun0 listen-port "$WIREGUARD_PORT" \
+        private-key "$dir/wg/vpn.key" peer "$(cat "$dir/wg/host.pub")" \
+        allowed-ips "${HOST_TUN4%/*}/32,${HOST_TUN6%/*}/128"
+      ip -n "$vpn" -batch - <<EOF
+address add $VPN_PEER4/24 dev tun0
+address add $VPN_PEER6/64 dev tun0 nodad
+link set tun0 up
+EOF
+      (umask 077 && cat >"$dir/wg/tun0.conf" <<EOF
+[Interface]
+PrivateKey = $(cat "$dir/wg/host.key")
+Address = $HOST_TUN4, $HOST_TUN6
+
+[Peer]
+PublicKey = $(cat "$dir/wg/vpn.pub")
+Endpoint = $VPN_SERVER4:$WIREGUARD_PORT
+AllowedIPs = 0.0.0.0/0, ::/0
+EOF
+      )
+      ;;
+    *) die "vpn_server_start: lab $id has no real VPN ($kind)" ;;
+  esac
+}
+
+# The VPN client in host, installing its own routes as it does on a user's machine:
+# OpenVPN with --redirect-gateway def1 (a host route to the server via phys0's gateway,
+# 0/1 + 128/1 and the v6 halves via tun0); wg-quick with AllowedIPs 0/0 and ::/0 (fwmark
+# 0xca6c policy routing, table 51820, its nft table with the anti-spoofing raw rule).
+vpn_client_up() {
+  local id=$1 dir=$STATE_ROOT/$1 host kind
+  host=$(ns_name "$id" host)
+  kind=$(cat "$dir/tunnel")
+  case $kind in
+    openvpn)
+      local before
+      before=$(grep -c 'Initialization Sequence Completed' "$dir/openvpn-client.log" 2>/dev/null || true)
+      ip netns exec "$host" setsid openvpn --dev tun0 --dev-type tun --proto udp \
+        --remote "$VPN_SERVER4" "$OPENVPN_PORT" --nobind \
+        --ifconfig "${HOST_TUN4%/*}" "$VPN_PEER4" --ifconfig-ipv6 "$HOST_TUN6" "$VPN_PEER6" \
+        --redirect-gateway def1 ipv6 --ping 1 --verb 3 --writepid "$dir/openvpn-client.pid" \
+        </dev/null >>"$dir/openvpn-client.log" 2>&1 &
+      local pid=$!
+      wait_for "the OpenVPN client to connect" 15 \
+        "(( \$(grep -c 'Initialization Sequence Completed' '$dir/openvpn-client.log') > ${before:-0} )) || { check_started $pid openvpn '$dir/openvpn-client.log'; false; }"
+      ;;
+    wireguard)
+      WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go LOG_LEVEL=verbose \
+        in_wg_ns "$host" "$dir/wg/run-host" wg-quick up "$dir/wg/tun0.conf" \
+        >>"$dir/wireguard-client.log" 2>&1 ||
+        die "wg-quick up failed: $(tail -n 8 "$dir/wireguard-client.log")"
+      ;;
+    *) die "lab $id has no real VPN client ($kind)" ;;
+  esac
+}
+
+vpn_client_down() {
+  local id=$1 dir=$STATE_ROOT/$1 host kind pid
+  host=$(ns_name "$id" host)
+  kind=$(cat "$dir/tunnel")
+  case $kind in
+    openvpn)
+      pid=$(cat "$dir/openvpn-client.pid" 2>/dev/null || true)
+      if [[ -n $pid ]] && pid_alive "$pid"; then kill_pids "$pid"; fi
+      rm -f "$dir/openvpn-client.pid"
+      ;;
+    wireguard)
+      if ip -n "$host" link show tun0 >/dev/null 2>&1; then
+        in_wg_ns "$host" "$dir/wg/run-host" wg-quick down "$dir/wg/tun0.conf" \
+          >>"$dir/wireguard-client.log" 2>&1 ||
+          die "wg-quick down failed: $(tail -n 8 "$dir/wireguard-client.log")"
+      fi
+      ;;
+    *) die "lab $id has no real VPN client ($kind)" ;;
+  esac
+  wait_for "tun0 to disappear from host" 5 "! ip -n '$host' link show tun0 >/dev/null 2>&1"
+}
+
 # ---- up ----------------------------------------------------------------------------
 
 BUILD_ID=
@@ -261,10 +385,15 @@ on_up_exit() {
 
 NEED_RELAY=1
 cmd_up() {
-  local vpn_route=0 owner=$PPID bin_dir=${LAB_BIN_DIR:-} tunnel=tun
+  local vpn_route=0 owner=$PPID bin_dir=${LAB_BIN_DIR:-} tunnel=tun vpn_kind=relay
   while (($#)); do
     case $1 in
       --vpn-default-route) vpn_route=1 ;;
+      --vpn)
+        vpn_kind=${2:?--vpn needs relay, openvpn or wireguard}; shift
+        [[ $vpn_kind == relay || $vpn_kind == openvpn || $vpn_kind == wireguard ]] ||
+          die "up: --vpn must be relay, openvpn or wireguard, not '$vpn_kind'"
+        ;;
       --tunnel)
         tunnel=${2:?--tunnel needs tun or veth}; shift
         [[ $tunnel == tun || $tunnel == veth ]] || die "up: --tunnel must be tun or veth, not '$tunnel'"
@@ -276,12 +405,21 @@ cmd_up() {
     shift
   done
   ((EUID == 0)) || die "up: the lab needs root (network namespaces, TUN devices)"
+  if [[ $vpn_kind != relay ]]; then
+    [[ $tunnel == tun ]] || die "up: --tunnel veth is for the relay lab, not --vpn $vpn_kind"
+    ((!vpn_route)) || die "up: --vpn-default-route is for the relay lab; $vpn_kind installs its own routes"
+    tunnel=$vpn_kind
+  fi
   [[ $tunnel == tun ]] || NEED_RELAY=0
-  if ((NEED_RELAY)); then
+  if ((NEED_RELAY)) || [[ $vpn_kind != relay ]]; then
     [[ -c /dev/net/tun ]] || die "up: /dev/net/tun is missing (no TUN support)"
   fi
-  local tool
-  for tool in ip dnsmasq dig curl flock setsid; do
+  local tool tools=(ip dnsmasq dig curl flock setsid)
+  case $vpn_kind in
+    openvpn) tools+=(openvpn) ;;
+    wireguard) tools+=(wg wg-quick wireguard-go nft unshare mount) ;;
+  esac
+  for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "up: '$tool' not found in PATH"
   done
   if [[ -z $bin_dir ]]; then
@@ -341,7 +479,7 @@ cmd_up() {
       --netns-b "/run/netns/$vpn" --name-b tun0 --pidfile "$dir/relay.pid" \
       </dev/null >>"$dir/relay.log" 2>&1 &
     relay_pid=$!
-  else
+  elif [[ $tunnel == veth ]]; then
     # --tunnel veth: tun0 is a veth pair between host and vpn (in-kernel, no relay, so it
     # is never the bottleneck of a benchmark), created in host with its peer placed straight
     # into vpn. Both ends are NOARP and share one MAC address: a NOARP device sends every
@@ -385,6 +523,25 @@ address add $HOST_PHYS6 dev phys0 nodad
 route add default via $WAN_GW4 dev phys0 metric 100
 route add ::/0 via $WAN_GW6 dev phys0 metric 100
 EOF
+  if [[ $vpn_kind != relay ]]; then
+    # The VPN server's uplink: wan routes between host and the server's address, and
+    # nothing else (the servers wan and vpn both hold stay local to each side).
+    ip -n "$wan" link add wan1 type veth peer name uplink0 netns "$vpn"
+    ip -n "$wan" -batch - <<EOF
+link set wan1 up
+address add $WAN_CARRIER4 dev wan1
+address add $WAN_CARRIER6 dev wan1 nodad
+EOF
+    ip -n "$vpn" -batch - <<EOF
+link set uplink0 up
+address add $VPN_SERVER4/24 dev uplink0
+address add $VPN_SERVER6/64 dev uplink0 nodad
+route add ${HOST_PHYS4%/*}/32 via ${WAN_CARRIER4%/*} dev uplink0
+route add ${HOST_PHYS6%/*}/128 via ${WAN_CARRIER6%/*} dev uplink0
+EOF
+    ip netns exec "$wan" sh -ec 'echo 1 > /proc/sys/net/ipv4/ip_forward
+      echo 1 > /proc/sys/net/ipv6/conf/all/forwarding'
+  fi
 
   # Servers: one responder and one dnsmasq per side, each answering with its side.
   local -A responder_pid
@@ -415,16 +572,21 @@ EOF
     wait_for "lab-tun-relay to create tun0" 5 \
       "[[ -s '$dir/relay.pid' ]] || { check_started $relay_pid lab-tun-relay '$dir/relay.log'; false; }"
   fi
-  ip -n "$host" -batch - <<EOF
+  if [[ $vpn_kind == relay ]]; then
+    ip -n "$host" -batch - <<EOF
 link set tun0 up
 address add $HOST_TUN4 dev tun0
 address add $HOST_TUN6 dev tun0 nodad
 EOF
-  ip -n "$vpn" -batch - <<EOF
+    ip -n "$vpn" -batch - <<EOF
 link set tun0 up
 address add $VPN_PEER4/24 dev tun0
 address add $VPN_PEER6/64 dev tun0 nodad
 EOF
+  else
+    vpn_server_start "$id"
+    vpn_client_up "$id"
+  fi
   for side in wan vpn; do
     wait_for "lab-responder ($side) to listen" 5 \
       "[[ -s '$dir/responder-$side.pid' ]] || { check_started ${responder_pid[$side]} lab-responder '$dir/responder-$side.log'; false; }"
@@ -446,6 +608,7 @@ EOF
   done
 
   if ((vpn_route)); then set_vpn_route "$id" on; fi
+  echo "$vpn_kind" >"$dir/vpn"
   BUILD_ID=  # complete: keep it
   printf 'LAB_ID=%s\nLAB_HOST=%s\nLAB_WAN=%s\nLAB_VPN=%s\nLAB_DIR=%s\n' \
     "$id" "$host" "$wan" "$vpn" "$dir"
@@ -503,6 +666,27 @@ cmd_vpn_route() {
   set_vpn_route "$1" "$2"
 }
 
+cmd_vpn() {
+  (($# == 2)) || die "usage: lab.sh vpn ID up|down"
+  require_root vpn
+  require_lab "$1"
+  local kind
+  kind=$(cat "$STATE_ROOT/$1/tunnel" 2>/dev/null || echo tun)
+  [[ $kind == openvpn || $kind == wireguard ]] ||
+    die "vpn: lab $1 runs the relay, not a real VPN client (bring it up with --vpn openvpn|wireguard)"
+  case $2 in
+    up)
+      ! ip -n "$(ns_name "$1" host)" link show tun0 >/dev/null 2>&1 || die "vpn: $kind is already up in lab $1"
+      vpn_client_up "$1"
+      ;;
+    down)
+      ip -n "$(ns_name "$1" host)" link show tun0 >/dev/null 2>&1 || die "vpn: $kind is already down in lab $1"
+      vpn_client_down "$1"
+      ;;
+    *) die "vpn: expected up or down, got '$2'" ;;
+  esac
+}
+
 cmd_reap() {
   (($# == 0)) || die "usage: lab.sh reap"
   require_root reap
@@ -551,6 +735,7 @@ main() {
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     vpn-route) cmd_vpn_route "$@" ;;
+    vpn) cmd_vpn "$@" ;;
     reap) cmd_reap "$@" ;;
     list) cmd_list "$@" ;;
     exec) cmd_exec "$@" ;;

@@ -695,5 +695,84 @@ TEST(LabHelpers, LabScriptRejectsBadIds) {
   EXPECT_NE(r.exit_code, 0);
 }
 
+// The real VPN clients: each installs its own routes (OpenVPN a host route to its server
+// via wan and 0/1 + 128/1; wg-quick its fwmark rules, table 51820 and its nft table),
+// carries IPv4 and IPv6, goes down and comes back as a new tun0, and leaves nothing behind.
+class LabVpn : public ::testing::TestWithParam<Vpn> {};
+
+TEST_P(LabVpn, RealClientCarriesBothFamiliesGoesDownAndComesBack) {
+  auto lab = SPLITD_LAB_OR_SKIP(LabOptions{.vpn = GetParam()});
+  EXPECT_EQ(lab->vpn(), GetParam());
+  const std::string v4 = std::string("http://") + kServerA4 + "/";
+  const std::string v6 = std::string("http://[") + kServerA6 + "]/";
+  EXPECT_EQ(side_and_ip(curl(*lab, v4)), std::string("vpn ") + kHostTun4);
+  EXPECT_EQ(side_and_ip(curl(*lab, v6)), std::string("vpn ") + kHostTun6);
+  if (GetParam() == Vpn::kOpenVpn) {
+    const std::string routes = lab->exec("host", "ip -4 route").out;
+    EXPECT_NE(routes.find(std::string(kVpnServer4) + " via " + kWanGw4 + " dev phys0"), std::string::npos)
+        << routes;
+    EXPECT_NE(routes.find("0.0.0.0/1 via"), std::string::npos) << routes;
+  } else {
+    EXPECT_NE(lab->exec("host", "ip rule").out.find("not from all fwmark 0xca6c lookup 51820"),
+              std::string::npos);
+    const std::string nft = lab->exec("host", "nft list ruleset").out;
+    EXPECT_NE(nft.find("table ip wg-quick-tun0"), std::string::npos) << nft;
+    EXPECT_NE(nft.find("table ip6 wg-quick-tun0"), std::string::npos) << nft;
+  }
+  const int ifindex_before = std::stoi(lab->exec("host", "cat /sys/class/net/tun0/ifindex").out);
+  lab->set_vpn_up(false);
+  EXPECT_NE(lab->exec("host", "ip link show tun0").exit_code, 0) << "tun0 must be gone";
+  // Without the VPN's routes the system's default (phys0) carries everything.
+  EXPECT_EQ(side_and_ip(curl(*lab, v4)), std::string("wan ") + kHostPhys4);
+  EXPECT_EQ(lab->exec("host", "nft list ruleset").out.find("wg-quick"), std::string::npos);
+  EXPECT_THROW(lab->set_vpn_up(false), std::runtime_error) << "down twice: tun0 is already gone";
+  lab->set_vpn_up(true);
+  EXPECT_EQ(side_and_ip(curl(*lab, v4)), std::string("vpn ") + kHostTun4);
+  EXPECT_EQ(side_and_ip(curl(*lab, v6)), std::string("vpn ") + kHostTun6);
+  EXPECT_NE(std::stoi(lab->exec("host", "cat /sys/class/net/tun0/ifindex").out), ifindex_before);
+  EXPECT_THROW(lab->set_vpn_up(true), std::runtime_error) << "already up";
+}
+
+TEST_P(LabVpn, StopLeavesNothingBehind) {
+  auto lab = SPLITD_LAB_OR_SKIP(LabOptions{.vpn = GetParam()});
+  const std::string id = lab->id();
+  const std::vector<pid_t> pids = lab->processes();
+  // two responders, two dnsmasq, the VPN server and client
+  EXPECT_GE(pids.size(), 6u);
+  lab->stop();
+  expect_lab_gone(id, pids);
+  for (const char* daemon : {"openvpn", "wireguard-go"}) {
+    const CmdResult r = run_command({"pgrep", "-f", std::string(daemon) + ".*tun0"});
+    for (std::istringstream in(r.out); !in.eof();) {
+      long pid = 0;
+      if (in >> pid) {
+        // Another lab's (a parallel test) is fine; one of ours would be in a deleted namespace.
+        EXPECT_FALSE(std::find(pids.begin(), pids.end(), pid) != pids.end()) << daemon << " " << pid;
+      }
+    }
+  }
+}
+
+TEST(LabHelpers, VpnOptionsAreChecked) {
+  if (const std::string why = unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--vpn", "ipsec"}, {"--vpn", "openvpn", "--vpn-default-route"},
+        {"--vpn", "wireguard", "--tunnel", "veth"}}) {
+    std::vector<std::string> argv = {"bash", lab_script(), "up"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const CmdResult r = run_command(argv);
+    EXPECT_NE(r.exit_code, 0) << args[1];
+    EXPECT_NE(r.err.find("lab.sh: up:"), std::string::npos) << r.err;
+  }
+  const CmdResult relay = run_command({"bash", lab_script(), "vpn", "0badbeef", "up"});
+  EXPECT_NE(relay.exit_code, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(RealClients, LabVpn, ::testing::Values(Vpn::kOpenVpn, Vpn::kWireGuard),
+                         [](const ::testing::TestParamInfo<Vpn>& info) {
+                           return info.param == Vpn::kOpenVpn ? std::string("OpenVpn")
+                                                              : std::string("WireGuard");
+                         });
+
 }  // namespace
 }  // namespace splitd::lab
