@@ -295,6 +295,23 @@ const Interface* InterfaceSnapshot::physical(IpAddress::Family family) const {
   return by_index(family == IpAddress::Family::kV4 ? physical4_ : physical6_);
 }
 
+std::vector<IpAddress> InterfaceSnapshot::vpn_servers() const {
+  std::vector<IpAddress> out;
+  for (const Route& r : routes_) {
+    const unsigned host_len = r.family == IpAddress::Family::kV4 ? 32 : 128;
+    if (r.dst_len != host_len || !r.gateway) continue;
+    const Interface* itf = by_index(r.oif);
+    if (itf == nullptr || !itf->up() || itf->kind == InterfaceKind::kTunnel ||
+        itf->kind == InterfaceKind::kLoopback || itf->index == tunnel_) {
+      continue;
+    }
+    out.push_back(r.dst);
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 const Route* InterfaceSnapshot::physical_route(IpAddress::Family family) const {
   const auto& idx = family == IpAddress::Family::kV4 ? physical4_route_ : physical6_route_;
   return idx ? &routes_[*idx] : nullptr;

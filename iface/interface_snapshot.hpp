@@ -111,6 +111,15 @@ class InterfaceSnapshot {
   const Interface* tunnel() const;
   bool tunnel_up() const;
 
+  // Where VPN clients that do not mark their sockets (OpenVPN, OpenConnect with
+  // vpnc-script, L2TP/IPsec) send their carrier flow: each installs a host route to its
+  // server through a gateway of a physical interface, more specific than the catch-all
+  // routes it points at the tunnel, so that its own packets escape them. These are the
+  // destinations of such host routes (/32, /128 with a gateway, in the main table, via an
+  // up interface that is neither a tunnel nor loopback), sorted and unique. splitd never
+  // intercepts them: they keep following the VPN client's routes.
+  std::vector<IpAddress> vpn_servers() const;
+
   friend bool operator==(const InterfaceSnapshot&, const InterfaceSnapshot&) = default;
 
  private:

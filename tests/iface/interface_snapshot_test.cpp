@@ -189,6 +189,31 @@ TEST(InterfaceSnapshot, VpnThatReplacedTheDefaultRoute) {
   EXPECT_EQ(snap->tunnel()->name, "tun0");
 }
 
+TEST(InterfaceSnapshot, VpnServersAreHostRoutesThroughAPhysicalGateway) {
+  // OpenVPN redirect-gateway def1: 0/1 + 128/1 via tun0 and a host route to its server
+  // via eth0's gateway; plus routes that are not a VPN's carrier.
+  NetlinkState s;
+  s.apply(link(2, "eth0", "", kUpRunning));
+  s.apply(link(3, "tun0", "tun", kUpRunning | IFF_POINTOPOINT | IFF_NOARP, ARPHRD_NONE));
+  s.apply(link(4, "eth1", "", 0));  // down
+  s.apply(route("0.0.0.0", 0, 2, 100, "198.51.100.1"));
+  s.apply(route("0.0.0.0", 1, 3, 0));
+  s.apply(route("128.0.0.0", 1, 3, 0));
+  s.apply(route("192.0.2.44", 32, 2, 0, "198.51.100.1"));   // the VPN server
+  s.apply(route("192.0.2.44", 32, 2, 50, "198.51.100.1"));  // twice: listed once
+  s.apply(route("2001:db8::44", 128, 2, 0, "fe80::1"));     // an IPv6 server
+  s.apply(route("192.0.2.45", 32, 3, 0, "10.8.0.1"));       // through the tunnel: not a carrier
+  s.apply(route("192.0.2.46", 32, 2, 0));                   // on-link, no gateway
+  s.apply(route("192.0.2.47", 32, 4, 0, "198.51.100.9"));   // a down interface
+  s.apply(route("192.0.2.0", 24, 2, 0, "198.51.100.1"));    // a network, not a host
+  auto snap = InterfaceSnapshot::build(s, {});
+  const auto servers = snap->vpn_servers();
+  ASSERT_EQ(servers.size(), 2u);
+  EXPECT_EQ(servers[0].to_string(), "192.0.2.44");
+  EXPECT_EQ(servers[1].to_string(), "2001:db8::44");
+  EXPECT_TRUE(InterfaceSnapshot::build(lab_host(true), {})->vpn_servers().empty());
+}
+
 TEST(InterfaceSnapshot, EqualityDetectsChanges) {
   auto a = InterfaceSnapshot::build(lab_host(false), {});
   auto b = InterfaceSnapshot::build(lab_host(false), {});
