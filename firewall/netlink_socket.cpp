@@ -70,6 +70,24 @@ void NetlinkSocket::ensure_receive_buffer(int bytes) {
   getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf_, &len);
 }
 
+Expected<void, FirewallError> NetlinkSocket::join_group(unsigned group) {
+  int g = static_cast<int>(group);
+  if (mnl_socket_setsockopt(sock_.get(), NETLINK_ADD_MEMBERSHIP, &g, sizeof g) != 0) {
+    return unexpected(fail("join of multicast group " + std::to_string(group), errno));
+  }
+  return {};
+}
+
+Expected<void, FirewallError> NetlinkSocket::leave_group(unsigned group) {
+  int g = static_cast<int>(group);
+  if (mnl_socket_setsockopt(sock_.get(), NETLINK_DROP_MEMBERSHIP, &g, sizeof g) != 0) {
+    return unexpected(fail("leave of multicast group " + std::to_string(group), errno));
+  }
+  return {};
+}
+
+int NetlinkSocket::fd() const { return mnl_socket_get_fd(sock_.get()); }
+
 Expected<void, FirewallError> NetlinkSocket::send(std::span<const std::uint8_t> datagram) {
   const int fd = mnl_socket_get_fd(sock_.get());
   // netlink refuses a datagram larger than the send buffer (EMSGSIZE).
@@ -115,6 +133,7 @@ Expected<std::span<const std::uint8_t>, FirewallError> NetlinkSocket::receive(
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
       if (errno == ENOBUFS) {
+        overrun_ = true;
         return unexpected(FirewallError{FirewallErrorCode::kNetlink,
                                         name_ + ": replies lost (receive buffer overrun)"});
       }

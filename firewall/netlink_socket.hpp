@@ -6,6 +6,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "common/expected.hpp"
 #include "firewall/firewall.hpp"
@@ -45,6 +46,16 @@ class NetlinkSocket {
   // Makes room for at least `bytes` of queued replies (a batch's ACKs).
   void ensure_receive_buffer(int bytes);
 
+  // Subscribes to the multicast group `group` (NFNLGRP_NFTABLES, RTNLGRP_LINK, ...). The
+  // socket then also receives event datagrams; use it for events only.
+  Expected<void, FirewallError> join_group(unsigned group);
+  Expected<void, FirewallError> leave_group(unsigned group);
+  // The descriptor, to poll it together with a wake-up fd (do not read from it directly).
+  int fd() const;
+  // Whether a receive() since the last call failed with ENOBUFS (events or replies were
+  // lost and the caller must resync with a fresh dump); clears the flag.
+  bool take_overrun() { return std::exchange(overrun_, false); }
+
   // Sends one request (NLM_F_ACK set by the caller) and waits for its ACK. Returns the
   // kernel's errno (0 = success) and its extended-ack message, if any.
   struct Ack {
@@ -72,6 +83,7 @@ class NetlinkSocket {
   std::uint32_t seq_ = 0;
   int sndbuf_ = 0;
   int rcvbuf_ = 0;
+  bool overrun_ = false;
   std::unique_ptr<std::uint8_t[]> buf_;
 };
 

@@ -46,6 +46,9 @@ struct ChainDeleter {
 struct SetDeleter {
   void operator()(nftnl_set* s) const noexcept { nftnl_set_free(s); }
 };
+struct ExprIterDeleter {
+  void operator()(nftnl_expr_iter* it) const noexcept { nftnl_expr_iter_destroy(it); }
+};
 struct UdataDeleter {
   void operator()(nftnl_udata_buf* b) const noexcept { nftnl_udata_buf_free(b); }
 };
@@ -98,7 +101,34 @@ std::string errno_text(int error) { return std::strerror(error); }
 
 }  // namespace
 
-NftBatch::NftBatch(std::string table) : table_(std::move(table)) {}
+std::string nft_family_name(std::uint8_t family) {
+  switch (family) {
+    case NFPROTO_INET:
+      return "inet";
+    case NFPROTO_IPV4:
+      return "ip";
+    case NFPROTO_IPV6:
+      return "ip6";
+    case NFPROTO_ARP:
+      return "arp";
+    case NFPROTO_BRIDGE:
+      return "bridge";
+    case NFPROTO_NETDEV:
+      return "netdev";
+    default:
+      return "family " + std::to_string(family);
+  }
+}
+
+NftBatch::NftBatch(std::string table) : family_(NFPROTO_INET), table_(std::move(table)) {}
+
+NftBatch::NftBatch(std::uint8_t family, std::string table)
+    : family_(family), qualified_labels_(true), table_(std::move(table)) {}
+
+std::string NftBatch::chain_label(const std::string& chain) const {
+  if (!qualified_labels_) return chain;
+  return nft_family_name(family_) + " " + table_ + " " + chain;
+}
 
 template <typename Build>
 void NftBatch::append(std::string label, std::string needs, Build&& build) {
@@ -108,7 +138,10 @@ void NftBatch::append(std::string label, std::string needs, Build&& build) {
   offsets_.push_back(body_.size());
   body_.insert(body_.end(), scratch.get(), scratch.get() + nlh->nlmsg_len);
   body_.resize(offsets_.back() + NLMSG_ALIGN(nlh->nlmsg_len), 0);
-  entries_.push_back(Entry{std::move(label), std::move(needs)});
+  Entry entry;
+  entry.label = std::move(label);
+  entry.needs = std::move(needs);
+  entries_.push_back(std::move(entry));
 }
 
 void NftBatch::add_table(std::string_view comment) {
@@ -120,9 +153,11 @@ void NftBatch::add_table(std::string_view comment) {
     nftnl_table_set_data(t.get(), NFTNL_TABLE_USERDATA, nftnl_udata_buf_data(ud.get()),
                          nftnl_udata_buf_len(ud.get()));
   }
-  append("table inet " + table_, "nf_tables with the inet family (CONFIG_NF_TABLES_INET)",
+  append("table " + nft_family_name(family_) + " " + table_,
+         family_ == NFPROTO_INET ? "nf_tables with the inet family (CONFIG_NF_TABLES_INET)"
+                                 : "nf_tables",
          [&](char* buf) {
-           nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWTABLE, NFPROTO_INET,
+           nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWTABLE, family_,
                                                  NLM_F_CREATE | NLM_F_ACK, 0);
            nftnl_table_nlmsg_build_payload(nlh, t.get());
            return nlh;
@@ -132,8 +167,8 @@ void NftBatch::add_table(std::string_view comment) {
 void NftBatch::delete_table() {
   auto t = checked<nftnl_table, TableDeleter>(nftnl_table_alloc());
   nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table_.c_str());
-  append("deletion of table inet " + table_, "", [&](char* buf) {
-    nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_DELTABLE, NFPROTO_INET, NLM_F_ACK, 0);
+  append("deletion of table " + nft_family_name(family_) + " " + table_, "", [&](char* buf) {
+    nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_DELTABLE, family_, NLM_F_ACK, 0);
     nftnl_table_nlmsg_build_payload(nlh, t.get());
     return nlh;
   });
@@ -150,7 +185,7 @@ void NftBatch::add_interval_set(const std::string& name, IpAddress::Family famil
   set_key_byteorder(s.get(), kByteorderBigEndian);
   append("set " + name, "nf_tables interval sets", [&](char* buf) {
     nlmsghdr* nlh =
-        nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWSET, NFPROTO_INET, NLM_F_CREATE | NLM_F_ACK, 0);
+        nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWSET, family_, NLM_F_CREATE | NLM_F_ACK, 0);
     nftnl_set_nlmsg_build_payload(nlh, s.get());
     return nlh;
   });
@@ -165,7 +200,7 @@ void NftBatch::add_interval_set(const std::string& name, IpAddress::Family famil
     }
     append("elements of set " + name, "", [&](char* buf) {
       nlmsghdr* nlh =
-          nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWSETELEM, NFPROTO_INET, NLM_F_CREATE | NLM_F_ACK, 0);
+          nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWSETELEM, family_, NLM_F_CREATE | NLM_F_ACK, 0);
       nftnl_set_elems_nlmsg_build_payload(nlh, chunk.get());
       return nlh;
     });
@@ -181,16 +216,56 @@ void NftBatch::add_chain(const std::string& name, const std::string& type, std::
   nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, hooknum);
   nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, priority);
   nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
-  append("chain " + name, "nf_tables chains of type " + type, [&](char* buf) {
+  append("chain " + chain_label(name), "nf_tables chains of type " + type, [&](char* buf) {
     nlmsghdr* nlh =
-        nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWCHAIN, NFPROTO_INET, NLM_F_CREATE | NLM_F_ACK, 0);
+        nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWCHAIN, family_, NLM_F_CREATE | NLM_F_ACK, 0);
     nftnl_chain_nlmsg_build_payload(nlh, c.get());
     return nlh;
   });
 }
 
 void NftBatch::add_rule(const std::string& chain, NftRule rule) {
-  const std::string label = "rule '" + rule.comment() + "' in chain " + chain;
+  put_rule(chain, std::move(rule), false);
+}
+
+std::size_t NftBatch::insert_rule(const std::string& chain, NftRule rule) {
+  return put_rule(chain, std::move(rule), true);
+}
+
+void NftBatch::delete_rule(const std::string& chain, std::uint64_t handle, std::string_view what) {
+  auto r = checked<nftnl_rule, NftnlRuleDeleter>(nftnl_rule_alloc());
+  nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, table_.c_str());
+  nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, chain.c_str());
+  nftnl_rule_set_u64(r.get(), NFTNL_RULE_HANDLE, handle);
+  append("deletion of rule handle " + std::to_string(handle) +
+             (what.empty() ? std::string() : " (" + std::string(what) + ")") + " in chain " +
+             chain_label(chain),
+         "", [&](char* buf) {
+           nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_DELRULE, family_, NLM_F_ACK, 0);
+           nftnl_rule_nlmsg_build_payload(nlh, r.get());
+           return nlh;
+         });
+}
+
+std::optional<std::uint64_t> NftBatch::inserted_handle(std::size_t index) const {
+  if (index >= entries_.size()) return std::nullopt;
+  return entries_[index].handle;
+}
+
+bool NftBatch::take_echo(const nlmsghdr* nlh) {
+  const std::uint32_t seq = nlh->nlmsg_seq;
+  if (seq <= begin_seq_ || seq >= end_seq()) return true;  // not one of ours
+  Entry& entry = entries_[seq - begin_seq_ - 1];
+  if (!entry.echo) return true;
+  auto r = checked<nftnl_rule, NftnlRuleDeleter>(nftnl_rule_alloc());
+  if (nftnl_rule_nlmsg_parse(nlh, r.get()) < 0 || !nftnl_rule_is_set(r.get(), NFTNL_RULE_HANDLE))
+    return false;
+  entry.handle = nftnl_rule_get_u64(r.get(), NFTNL_RULE_HANDLE);
+  return true;
+}
+
+std::size_t NftBatch::put_rule(const std::string& chain, NftRule rule, bool at_head) {
+  const std::string label = "rule '" + rule.comment() + "' in chain " + chain_label(chain);
   for (auto& anon : rule.anonymous_sets()) {
     const std::uint32_t id = next_set_id_++;
     SetPtr s = new_set(table_, "__set%d", id);  // the kernel picks the number
@@ -201,7 +276,7 @@ void NftBatch::add_rule(const std::string& chain, NftRule rule) {
     set_key_byteorder(s.get(), anon.byteorder);
     append("anonymous set of " + label, "", [&](char* buf) {
       nlmsghdr* nlh =
-          nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWSET, NFPROTO_INET, NLM_F_CREATE | NLM_F_ACK, 0);
+          nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWSET, family_, NLM_F_CREATE | NLM_F_ACK, 0);
       nftnl_set_nlmsg_build_payload(nlh, s.get());
       return nlh;
     });
@@ -211,7 +286,7 @@ void NftBatch::add_rule(const std::string& chain, NftRule rule) {
     }
     append("elements of the anonymous set of " + label, "", [&](char* buf) {
       nlmsghdr* nlh =
-          nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWSETELEM, NFPROTO_INET, NLM_F_CREATE | NLM_F_ACK, 0);
+          nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWSETELEM, family_, NLM_F_CREATE | NLM_F_ACK, 0);
       nftnl_set_elems_nlmsg_build_payload(nlh, elems.get());
       return nlh;
     });
@@ -220,12 +295,16 @@ void NftBatch::add_rule(const std::string& chain, NftRule rule) {
   nftnl_rule* r = rule.get();
   nftnl_rule_set_str(r, NFTNL_RULE_TABLE, table_.c_str());
   nftnl_rule_set_str(r, NFTNL_RULE_CHAIN, chain.c_str());
+  // Without NLM_F_APPEND (and without a position) the kernel puts the rule first.
+  const std::uint16_t flags = at_head ? NLM_F_CREATE | NLM_F_ACK | NLM_F_ECHO
+                                      : NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK;
   append(label, rule.needs(), [&](char* buf) {
-    nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWRULE, NFPROTO_INET,
-                                          NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK, 0);
+    nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_NEWRULE, family_, flags, 0);
     nftnl_rule_nlmsg_build_payload(nlh, r);
     return nlh;
   });
+  entries_.back().echo = at_head;
+  return entries_.size() - 1;
 }
 
 std::vector<std::uint8_t> NftBatch::finish(std::uint32_t begin_seq) {
@@ -295,6 +374,9 @@ Expected<void, FirewallError> NftBatch::commit(NetlinkSocket& sock) {
   sock.ensure_receive_buffer(static_cast<int>(messages) * 1024 + 64 * 1024);
   if (auto r = sock.send(datagram); !r) return unexpected(r.error());
 
+  failure_errno_ = 0;
+  const bool echoes =
+      std::any_of(entries_.begin(), entries_.end(), [](const Entry& e) { return e.echo; });
   AckTracker acks(begin_seq_, end_seq(), sock.portid());
   while (!acks.done()) {
     // After an error only a short wait: the rest of the ACKs are already queued.
@@ -311,10 +393,26 @@ Expected<void, FirewallError> NftBatch::commit(NetlinkSocket& sock) {
                                           std::to_string(acks.missing()) + " of " +
                                           std::to_string(messages) + " messages"});
     }
+    if (echoes) {
+      // The echoed rules come before the ACKs: the kernel sends its notifications at
+      // commit and delivers the batch's ACKs after that.
+      int left = static_cast<int>(data->size());
+      const auto* nlh = reinterpret_cast<const nlmsghdr*>(data->data());
+      for (; mnl_nlmsg_ok(nlh, left); nlh = mnl_nlmsg_next(nlh, &left)) {
+        if (nlh->nlmsg_pid != sock.portid()) continue;
+        if (nlh->nlmsg_type != ((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE)) continue;
+        if (!take_echo(nlh)) {
+          return unexpected(FirewallError{FirewallErrorCode::kNetlink,
+                                          "nfnetlink: malformed reply: echoed rule"});
+        }
+      }
+    }
     if (auto r = acks.feed(*data); !r) return unexpected(r.error());
   }
-  if (const auto& f = acks.failure())
+  if (const auto& f = acks.failure()) {
+    failure_errno_ = f->error;
     return unexpected(describe_failure(f->seq, f->error, f->ext_message));
+  }
   return {};
 }
 
@@ -338,6 +436,158 @@ Expected<bool, FirewallError> nft_table_exists(NetlinkSocket& sock, const std::s
                           (perm ? "; splitd needs CAP_NET_ADMIN in this network namespace" : "")});
   }
   return seen;
+}
+
+namespace {
+
+FirewallError dump_failure(const std::string& what, int error) {
+  const bool perm = error == EPERM || error == EACCES;
+  return FirewallError{perm ? FirewallErrorCode::kPermission : FirewallErrorCode::kKernel,
+                       what + ": " + std::strerror(error) +
+                           (error == EINTR ? " (interrupted by a concurrent change)" : "") +
+                           (perm ? "; splitd needs CAP_NET_ADMIN in this network namespace" : "")};
+}
+
+bool is_nft_message(const nlmsghdr* m, std::uint8_t type) {
+  return (m->nlmsg_type >> 8) == NFNL_SUBSYS_NFTABLES && (m->nlmsg_type & 0xff) == type;
+}
+
+// The NUL-terminated text of `data`, or nothing when it has no NUL within `len`.
+std::optional<std::string> bounded_string(const void* data, std::size_t len) {
+  if (data == nullptr) return std::nullopt;
+  const char* p = static_cast<const char*>(data);
+  const void* nul = std::memchr(p, '\0', len);
+  if (nul == nullptr) return std::nullopt;
+  return std::string(p, static_cast<const char*>(nul));
+}
+
+// The comment in a rule's userdata (NFTNL_UDATA_RULE_COMMENT), if any.
+std::string userdata_comment(const nftnl_rule* r) {
+  if (!nftnl_rule_is_set(r, NFTNL_RULE_USERDATA)) return {};
+  std::uint32_t len = 0;
+  const void* data = nftnl_rule_get_data(r, NFTNL_RULE_USERDATA, &len);
+  if (data == nullptr || len == 0) return {};
+  std::string comment;
+  nftnl_udata_parse(
+      data, len,
+      [](const nftnl_udata* attr, void* out) -> int {
+        if (nftnl_udata_type(attr) != NFTNL_UDATA_RULE_COMMENT) return MNL_CB_OK;
+        if (auto text = bounded_string(nftnl_udata_get(attr), nftnl_udata_len(attr)))
+          *static_cast<std::string*>(out) = std::move(*text);
+        return MNL_CB_OK;
+      },
+      &comment);
+  return comment;
+}
+
+}  // namespace
+
+bool NftRuleInfo::comment_starts_with(std::string_view text) const {
+  if (std::string_view(comment).starts_with(text)) return true;
+  return std::any_of(match_comments.begin(), match_comments.end(),
+                     [&](const std::string& c) { return std::string_view(c).starts_with(text); });
+}
+
+bool NftRuleInfo::comment_contains(std::string_view text) const {
+  if (comment.find(text) != std::string::npos) return true;
+  return std::any_of(match_comments.begin(), match_comments.end(),
+                     [&](const std::string& c) { return c.find(text) != std::string::npos; });
+}
+
+Expected<std::vector<NftChainInfo>, FirewallError> nft_list_chains(NetlinkSocket& sock,
+                                                                   std::uint8_t family) {
+  alignas(nlmsghdr) char buf[512];
+  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, family, NLM_F_DUMP, 0);
+  std::vector<NftChainInfo> out;
+  bool malformed = false;
+  auto ack = sock.dump(nlh, [&](const nlmsghdr* m) {
+    if (!is_nft_message(m, NFT_MSG_NEWCHAIN)) return;
+    auto c = checked<nftnl_chain, ChainDeleter>(nftnl_chain_alloc());
+    if (nftnl_chain_nlmsg_parse(m, c.get()) < 0 ||
+        !nftnl_chain_is_set(c.get(), NFTNL_CHAIN_TABLE) ||
+        !nftnl_chain_is_set(c.get(), NFTNL_CHAIN_NAME) ||
+        !nftnl_chain_is_set(c.get(), NFTNL_CHAIN_FAMILY)) {
+      malformed = true;
+      return;
+    }
+    NftChainInfo info;
+    info.family = static_cast<std::uint8_t>(nftnl_chain_get_u32(c.get(), NFTNL_CHAIN_FAMILY));
+    info.table = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TABLE);
+    info.name = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME);
+    info.base = nftnl_chain_is_set(c.get(), NFTNL_CHAIN_HOOKNUM);
+    if (info.base) {
+      info.hooknum = nftnl_chain_get_u32(c.get(), NFTNL_CHAIN_HOOKNUM);
+      if (nftnl_chain_is_set(c.get(), NFTNL_CHAIN_PRIO))
+        info.priority = nftnl_chain_get_s32(c.get(), NFTNL_CHAIN_PRIO);
+    }
+    out.push_back(std::move(info));
+  });
+  const std::string what = "listing of the " + nft_family_name(family) + " chains";
+  if (!ack) return unexpected(ack.error());
+  if (ack->error != 0) return unexpected(dump_failure(what, ack->error));
+  if (malformed) {
+    return unexpected(
+        FirewallError{FirewallErrorCode::kNetlink, what + ": malformed chain in the reply"});
+  }
+  return out;
+}
+
+Expected<std::vector<NftRuleInfo>, FirewallError> nft_list_rules(NetlinkSocket& sock,
+                                                                 std::uint8_t family,
+                                                                 const std::string& table,
+                                                                 const std::string& chain) {
+  // The kernel filters the dump by table and chain.
+  auto filter = checked<nftnl_rule, NftnlRuleDeleter>(nftnl_rule_alloc());
+  nftnl_rule_set_str(filter.get(), NFTNL_RULE_TABLE, table.c_str());
+  nftnl_rule_set_str(filter.get(), NFTNL_RULE_CHAIN, chain.c_str());
+  alignas(nlmsghdr) char buf[1024];
+  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, family, NLM_F_DUMP, 0);
+  nftnl_rule_nlmsg_build_payload(nlh, filter.get());
+  std::vector<NftRuleInfo> out;
+  bool malformed = false;
+  auto ack = sock.dump(nlh, [&](const nlmsghdr* m) {
+    if (!is_nft_message(m, NFT_MSG_NEWRULE)) return;
+    auto r = checked<nftnl_rule, NftnlRuleDeleter>(nftnl_rule_alloc());
+    if (nftnl_rule_nlmsg_parse(m, r.get()) < 0 || !nftnl_rule_is_set(r.get(), NFTNL_RULE_HANDLE) ||
+        !nftnl_rule_is_set(r.get(), NFTNL_RULE_TABLE) ||
+        !nftnl_rule_is_set(r.get(), NFTNL_RULE_CHAIN)) {
+      malformed = true;
+      return;
+    }
+    // Old kernels ignore the filter: check it here as well.
+    if (table != nftnl_rule_get_str(r.get(), NFTNL_RULE_TABLE) ||
+        chain != nftnl_rule_get_str(r.get(), NFTNL_RULE_CHAIN) ||
+        nftnl_rule_get_u32(r.get(), NFTNL_RULE_FAMILY) != family) {
+      return;
+    }
+    NftRuleInfo info;
+    info.handle = nftnl_rule_get_u64(r.get(), NFTNL_RULE_HANDLE);
+    info.comment = userdata_comment(r.get());
+    auto it = checked<nftnl_expr_iter, ExprIterDeleter>(nftnl_expr_iter_create(r.get()));
+    for (nftnl_expr* e = nftnl_expr_iter_next(it.get()); e != nullptr;
+         e = nftnl_expr_iter_next(it.get())) {
+      const char* name = nftnl_expr_get_str(e, NFTNL_EXPR_NAME);
+      info.expressions.emplace_back(name != nullptr ? name : "?");
+      if (name == nullptr || std::strcmp(name, "match") != 0) continue;
+      const char* match = nftnl_expr_get_str(e, NFTNL_EXPR_MT_NAME);
+      if (match == nullptr || std::strcmp(match, "comment") != 0) continue;
+      // struct xt_comment_info { char comment[XT_MAX_COMMENT_LEN]; }
+      std::uint32_t len = 0;
+      const void* data = nftnl_expr_get(e, NFTNL_EXPR_MT_INFO, &len);
+      if (auto text = bounded_string(data, len)) info.match_comments.push_back(std::move(*text));
+    }
+    out.push_back(std::move(info));
+  });
+  const std::string what =
+      "listing of chain " + nft_family_name(family) + " " + table + " " + chain;
+  if (!ack) return unexpected(ack.error());
+  if (ack->error == ENOENT) return std::vector<NftRuleInfo>{};
+  if (ack->error != 0) return unexpected(dump_failure(what, ack->error));
+  if (malformed) {
+    return unexpected(
+        FirewallError{FirewallErrorCode::kNetlink, what + ": malformed rule in the reply"});
+  }
+  return out;
 }
 
 }  // namespace splitd::firewall

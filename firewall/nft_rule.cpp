@@ -6,6 +6,7 @@
 #include <libnftnl/udata.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
+#include <net/if.h>
 
 #include <algorithm>
 #include <cstring>
@@ -97,6 +98,15 @@ NftRule& NftRule::meta_mark_neq(std::uint32_t mark) {
 NftRule& NftRule::iif_eq(std::uint32_t ifindex) {
   add(meta_load(NFT_META_IIF));
   cmp(NFT_CMP_EQ, &ifindex, sizeof ifindex);
+  return *this;
+}
+
+NftRule& NftRule::iifname_eq(std::string_view name) {
+  // Compared as IFNAMSIZ bytes, zero padded, as nft does: an exact match, not a prefix.
+  char padded[IFNAMSIZ] = {};
+  std::memcpy(padded, name.data(), std::min(name.size(), sizeof padded - 1));
+  add(meta_load(NFT_META_IIFNAME));
+  cmp(NFT_CMP_EQ, padded, sizeof padded);
   return *this;
 }
 
@@ -256,6 +266,17 @@ NftRule& NftRule::tproxy_to_port(std::uint16_t port) {
   nftnl_expr_set_u32(e, NFTNL_EXPR_TPROXY_REG_PORT, kReg);
   add(e);
   need("nft_tproxy");
+  return *this;
+}
+
+NftRule& NftRule::oif_neq(std::uint32_t ifindex) {
+  add(meta_load(NFT_META_OIF));
+  cmp(NFT_CMP_NEQ, &ifindex, sizeof ifindex);
+  return *this;
+}
+
+NftRule& NftRule::counter() {
+  add(make("counter"));
   return *this;
 }
 

@@ -32,6 +32,9 @@ class NftRule {
   NftRule& meta_mark_eq(std::uint32_t mark);                         // meta mark MARK
   NftRule& meta_mark_neq(std::uint32_t mark);                        // meta mark != MARK
   NftRule& iif_eq(std::uint32_t ifindex);                            // iif IFINDEX
+  // iifname "NAME": by name, so it also matches before the interface exists (the form
+  // nft and iptables-nft use, `-i NAME`; both list it back).
+  NftRule& iifname_eq(std::string_view name);
   NftRule& nfproto_eq(std::uint8_t nfproto);                         // meta nfproto ipv4|ipv6
   NftRule& l4proto_in(std::vector<std::uint8_t> protos);             // meta l4proto P / { P, Q }
   NftRule& ct_direction_eq(std::uint8_t dir);                        // ct direction original|reply
@@ -43,6 +46,8 @@ class NftRule {
   NftRule& ct_mark_neq(std::uint32_t mark);                          // ct mark != MARK
   NftRule& set_ct_mark(std::uint32_t mark);                          // ct mark set MARK
   NftRule& tproxy_to_port(std::uint16_t port);  // tproxy to :PORT (both families)
+  NftRule& oif_neq(std::uint32_t ifindex);      // oif != IFINDEX
+  NftRule& counter();                           // counter (packets and bytes, `nft list` shows them)
   NftRule& accept();                            // accept
 
   const std::string& comment() const { return comment_; }
