@@ -1,6 +1,8 @@
 #include "firewall/firewall.hpp"
 
+#include <linux/fib_rules.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -40,7 +42,32 @@ std::vector<Cidr> FirewallConfig::default_never_intercept() {
 struct Firewall::Impl {
   NetlinkSocket nft;
   PolicyRouting routing;
+  NetlinkSocket rule_events;    // RTNLGRP_IPV4_RULE and _IPV6_RULE: anyone's rule changes
+  std::uint32_t priority = 0;   // of splitd's rules as installed (may be below the config's)
 };
+
+namespace {
+
+// Whether, in the kernel's evaluation order `rules`, some other program's rule (not the
+// `lookup local` rule at priority 0) comes before splitd's; *first_foreign is the
+// priority of the first such rule. With `ours_present` false, whether one comes at or
+// before `priority` (where splitd's rule would be added: after rules of equal priority).
+bool foreign_rule_first(const std::vector<PolicyRule>& rules, std::uint32_t priority,
+                        std::uint32_t* first_foreign) {
+  for (const PolicyRule& r : rules) {
+    if (r.priority == 0) continue;
+    if (r.protocol == Firewall::kRouteProtocol && r.priority == priority) return false;
+    if (r.protocol == Firewall::kRouteProtocol) continue;  // a leftover, deleted by install
+    if (r.priority <= priority) {
+      *first_foreign = r.priority;
+      return true;
+    }
+    return false;
+  }
+  return false;
+}
+
+}  // namespace
 
 Firewall::Firewall(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Firewall::~Firewall() = default;
@@ -50,15 +77,58 @@ Expected<std::unique_ptr<Firewall>, FirewallError> Firewall::open() {
   if (!nft) return unexpected(nft.error());
   auto routing = PolicyRouting::open();
   if (!routing) return unexpected(routing.error());
-  auto impl = std::make_unique<Impl>(Impl{std::move(*nft), std::move(*routing)});
+  auto events = NetlinkSocket::open(NETLINK_ROUTE, "rtnetlink rule events");
+  if (!events) return unexpected(events.error());
+  for (unsigned group : {RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE}) {
+    if (auto j = events->join_group(group); !j) return unexpected(j.error());
+  }
+  auto impl = std::make_unique<Impl>(Impl{std::move(*nft), std::move(*routing), std::move(*events), 0});
   return std::unique_ptr<Firewall>(new Firewall(std::move(impl)));
 }
 
-Expected<void, FirewallError> Firewall::install(const FirewallConfig& config) {
-  if (auto v = validate(config); !v) return v;
+Expected<std::uint32_t, FirewallError> Firewall::rule_priority_for(const FirewallConfig& config) {
+  // Marked packets must meet splitd's rule before any other program's: wg-quick's `not
+  // fwmark 0xca6c lookup 51820` (which the kernel places just before the lowest existing
+  // rule when wg-quick comes up after splitd) would send them into the tunnel instead of
+  // through lo to the proxy. splitd's rule matches only its own mark, so going first
+  // changes nothing for anyone else's packets.
+  std::uint32_t priority = impl_->priority != 0 ? impl_->priority : config.rule_priority;
+  for (int family : {AF_INET, AF_INET6}) {
+    if (family == AF_INET6 && !config.ipv6) continue;
+    auto rules = impl_->routing.all_rules(family);
+    if (!rules) return unexpected(rules.error());
+    std::uint32_t first = 0;
+    if (foreign_rule_first(*rules, priority, &first)) {
+      if (first <= 1) {
+        return unexpected(FirewallError{
+            FirewallErrorCode::kKernel,
+            "another program's policy rule at priority " + std::to_string(first) +
+                " comes before splitd's fwmark rule and none can go before it; move that rule "
+                "(ip rule del/add with a higher priority)"});
+      }
+      log::warn("policy routing: another program's rule at priority ", first,
+                " comes before splitd's (", priority, "); splitd's rules move to ", first - 1,
+                " so intercepted packets still reach the proxy");
+      priority = first - 1;
+    }
+  }
+  return priority;
+}
+
+Expected<void, FirewallError> Firewall::install(const FirewallConfig& requested) {
+  if (auto v = validate(requested); !v) return v;
+  FirewallConfig config = requested;
+  if (impl_->priority != 0 && impl_->priority != requested.rule_priority &&
+      impl_->priority > requested.rule_priority) {
+    impl_->priority = 0;  // a config asking for an earlier place than the moved one
+  }
+  auto priority = rule_priority_for(config);
+  if (!priority) return unexpected(priority.error());
+  config.rule_priority = *priority;
   // Routes and rules first: until the table marks packets they change nothing.
   auto result = impl_->routing.install(config);
   if (result) {
+    impl_->priority = config.rule_priority;
     NftBatch batch = install_batch(config);
     result = batch.commit(impl_->nft);
   }
@@ -74,6 +144,18 @@ Expected<void, FirewallError> Firewall::install(const FirewallConfig& config) {
             ", port ", config.port, config.ipv6 ? ", IPv4+IPv6" : ", IPv4 only",
             config.intercept_tcp ? ", TCP" : "", config.intercept_udp ? ", UDP" : "", ")");
   return {};
+}
+
+int Firewall::rule_events_fd() const { return impl_->rule_events.fd(); }
+
+bool Firewall::drain_rule_events() {
+  bool any = false;
+  for (;;) {
+    auto d = impl_->rule_events.receive(std::chrono::milliseconds(0));
+    if (!d) return true;  // ENOBUFS: events lost; a check is due anyway
+    if (d->empty()) return any;
+    any = true;
+  }
 }
 
 Expected<void, FirewallError> Firewall::remove() {
@@ -103,10 +185,14 @@ bool Firewall::intact(const FirewallConfig& config) const {
     auto rules = impl_->routing.rules(family);
     auto routes = impl_->routing.routes(family);
     if (!rules || !routes) return false;
+    const std::uint32_t priority = impl_->priority != 0 ? impl_->priority : config.rule_priority;
     const bool has_rule = std::any_of(rules->begin(), rules->end(), [&](const PolicyRule& r) {
-      return r.fwmark == config.mark && r.table == config.route_table &&
-             r.priority == config.rule_priority;
+      return r.fwmark == config.mark && r.table == config.route_table && r.priority == priority;
     });
+    // ...and no other program's rule goes before it.
+    auto all = impl_->routing.all_rules(family);
+    std::uint32_t first = 0;
+    if (!all || foreign_rule_first(*all, priority, &first)) return false;
     const bool has_route = std::any_of(routes->begin(), routes->end(), [&](const PolicyRoute& r) {
       return r.table == config.route_table && r.dst_len == 0;
     });

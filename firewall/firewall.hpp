@@ -21,6 +21,9 @@ struct FirewallConfig {
   bool intercept_tcp = true;
   bool intercept_udp = false;
   std::vector<Cidr> never_intercept = default_never_intercept();
+  // Servers of VPN clients that do not mark their sockets, found from their host routes
+  // (InterfaceSnapshot::vpn_servers): their carrier flows are never intercepted.
+  std::vector<Cidr> vpn_servers;
 
   // 127.0.0.0/8, ::1/128, 169.254.0.0/16, fe80::/10, 224.0.0.0/4, ff00::/8.
   static std::vector<Cidr> default_never_intercept();
@@ -87,9 +90,17 @@ class Firewall final : public FirewallBackend {
   bool installed() const override;
 
   // Whether the whole footprint of `config` is in place: the table, and per family the
-  // fwmark rule and the local route of its table. Another program (a VPN client, a
-  // network manager, `ip rule flush`) may remove either; the daemon re-installs then.
+  // fwmark rule, ahead of every other program's rule, and the local route of its table.
+  // Another program (a VPN client, a network manager, `ip rule flush`) may remove either
+  // or put a rule before splitd's (wg-quick coming up after splitd); the daemon
+  // re-installs then, moving splitd's rules before the other program's.
   bool intact(const FirewallConfig& config) const;
+
+  // Readable when some program changed the policy rules (either family); the daemon
+  // polls it and then checks intact(). drain_rule_events() reads what is queued and says
+  // whether anything was (true also when events were lost).
+  int rule_events_fd() const;
+  bool drain_rule_events();
 
   static std::vector<Cidr> default_never_intercept() {
     return FirewallConfig::default_never_intercept();
@@ -98,6 +109,9 @@ class Firewall final : public FirewallBackend {
  private:
   struct Impl;
   explicit Firewall(std::unique_ptr<Impl> impl);
+  // The priority splitd's rules take: the configured one, or the one they were moved to,
+  // or just before another program's rule that would otherwise come first.
+  Expected<std::uint32_t, FirewallError> rule_priority_for(const FirewallConfig& config);
   std::unique_ptr<Impl> impl_;
 };
 

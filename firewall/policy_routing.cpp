@@ -214,6 +214,14 @@ Expected<PolicyRouting, FirewallError> PolicyRouting::open() {
 }
 
 Expected<std::vector<PolicyRule>, FirewallError> PolicyRouting::rules(int family) {
+  return dump_rules(family, true);
+}
+
+Expected<std::vector<PolicyRule>, FirewallError> PolicyRouting::all_rules(int family) {
+  return dump_rules(family, false);
+}
+
+Expected<std::vector<PolicyRule>, FirewallError> PolicyRouting::dump_rules(int family, bool splitd_only) {
   for (int attempt = 1;; ++attempt) {
     RequestBuffer buf;
     nlmsghdr* nlh = mnl_nlmsg_put_header(buf.bytes);
@@ -229,7 +237,8 @@ Expected<std::vector<PolicyRule>, FirewallError> PolicyRouting::rules(int family
         malformed = true;
         return;
       }
-      if (r.protocol == Firewall::kRouteProtocol && r.family == family) out.push_back(r);
+      if (r.family != family) return;
+      if (!splitd_only || r.protocol == Firewall::kRouteProtocol) out.push_back(r);
     });
     if (!ack) return unexpected(ack.error());
     if (ack->error == EINTR && attempt < kDumpRetries) continue;  // changed while dumping

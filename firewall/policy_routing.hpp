@@ -53,10 +53,13 @@ class PolicyRouting {
 
   // splitd's rules / routes of `family` now (protocol kRouteProtocol).
   Expected<std::vector<PolicyRule>, FirewallError> rules(int family);
+  // Every rule of `family` (anyone's), in the order the kernel evaluates them.
+  Expected<std::vector<PolicyRule>, FirewallError> all_rules(int family);
   Expected<std::vector<PolicyRoute>, FirewallError> routes(int family);
 
  private:
   explicit PolicyRouting(NetlinkSocket sock) : sock_(std::move(sock)) {}
+  Expected<std::vector<PolicyRule>, FirewallError> dump_rules(int family, bool splitd_only);
   Expected<void, FirewallError> add_rule(const PolicyRule& r);
   Expected<void, FirewallError> delete_rule(const PolicyRule& r);
   Expected<void, FirewallError> replace_route(const PolicyRoute& r);

@@ -59,6 +59,8 @@ NftBatch install_batch(const FirewallConfig& c) {
   b.add_table("managed by splitd (split tunnelling); removed when splitd stops");
   b.add_interval_set("never4", IpAddress::Family::kV4, c.never_intercept);
   if (c.ipv6) b.add_interval_set("never6", IpAddress::Family::kV6, c.never_intercept);
+  b.add_interval_set("vpn_servers4", IpAddress::Family::kV4, c.vpn_servers);
+  if (c.ipv6) b.add_interval_set("vpn_servers6", IpAddress::Family::kV6, c.vpn_servers);
 
   // Locally generated packets: mark what splitd intercepts, so the ip rule sends them to
   // the `local default dev lo` table and they come back in through lo. A `route` chain
@@ -91,6 +93,16 @@ NftBatch install_batch(const FirewallConfig& c) {
         std::move(
             NftRule("never_intercept").daddr_in_set(IpAddress::Family::kV6, "never6").accept()));
   }
+  // A VPN client's own carrier flow to its server must follow the client's host route out
+  // the physical interface; intercepted, it would be routed into the tunnel it carries.
+  b.add_rule("output", std::move(NftRule("VPN clients' servers (their host routes via a physical gateway)")
+                                     .daddr_in_set(IpAddress::Family::kV4, "vpn_servers4")
+                                     .accept()));
+  if (c.ipv6) {
+    b.add_rule("output", std::move(NftRule("VPN clients' servers (their host routes via a physical gateway)")
+                                       .daddr_in_set(IpAddress::Family::kV6, "vpn_servers6")
+                                       .accept()));
+  }
   const auto intercept = [&](const char* comment, std::uint8_t proto) {
     NftRule r(comment);
     if (!c.ipv6) r.nfproto_eq(NFPROTO_IPV4);
@@ -99,6 +111,17 @@ NftBatch install_batch(const FirewallConfig& c) {
   };
   if (c.intercept_tcp) intercept("intercept TCP", IPPROTO_TCP);
   if (c.intercept_udp) intercept("intercept UDP", IPPROTO_UDP);
+
+  // A socket bound to an interface (SO_BINDTODEVICE, IP_UNICAST_IF: `curl --interface`,
+  // `ping -I`) keeps its binding: the reroute of a marked packet looks up routes of the
+  // bound interface only, which `local default dev lo` is not, so it leaves by that
+  // interface. That is the app's explicit choice; count it, so it is visible.
+  b.add_chain("postrouting", "filter", NF_INET_POST_ROUTING, NF_IP_PRI_MANGLE);
+  b.add_rule("postrouting", std::move(NftRule("sockets bound to an interface keep their binding (not intercepted)")
+                                          .meta_mark_eq(c.mark)
+                                          .oif_neq(kLoopbackIfindex)
+                                          .counter()
+                                          .accept()));
 
   // The marked packets coming back through lo: those of an established transparent
   // socket (the proxy's accepted connections, UDP reply sockets) go straight to it, the
@@ -109,7 +132,13 @@ NftBatch install_batch(const FirewallConfig& c) {
   // socket match would deliver the SYN to it. It answers with a stale ACK, the client
   // resets and retries after a timeout: ~16 ms per connection, most connections under
   // load. tproxy instead ends the TIME_WAIT and hands the SYN to the listener.
-  b.add_chain("prerouting", "filter", NF_INET_PRE_ROUTING, NF_IP_PRI_MANGLE);
+  //
+  // Before every mangle-priority chain of other programs, whatever order the tables were
+  // created in (among equal priorities the newest hook runs first): wg-quick's
+  // `meta l4proto udp meta mark set ct mark` would reset the mark this chain looks for,
+  // and once it is past, the packet's route (local, from the reroute in output) no longer
+  // depends on the mark.
+  b.add_chain("prerouting", "filter", NF_INET_PRE_ROUTING, NF_IP_PRI_MANGLE - 10);
   if (c.intercept_tcp) {
     b.add_rule("prerouting", std::move(NftRule("TCP packets of established transparent sockets")
                                            .iif_eq(kLoopbackIfindex)

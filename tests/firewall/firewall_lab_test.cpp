@@ -230,9 +230,16 @@ TEST_F(FirewallLab, InstallCreatesTableRulesAndRoutes) {
            "broadcast, multicast destinations\"",
            "ip daddr @never4 accept comment \"never_intercept\"",
            "ip6 daddr @never6 accept comment \"never_intercept\"",
+           "set vpn_servers4 {",
+           "set vpn_servers6 {",
+           "ip daddr @vpn_servers4 accept comment \"VPN clients' servers (their host routes via a physical gateway)\"",
+           "ip6 daddr @vpn_servers6 accept comment \"VPN clients' servers (their host routes via a physical gateway)\"",
            "meta l4proto tcp meta mark set 0x000005d1 comment \"intercept TCP\"",
+           "chain postrouting {",
+           "type filter hook postrouting priority mangle; policy accept;",
+           "meta mark 0x000005d1 oif != \"lo\" counter packets 0 bytes 0 accept comment \"sockets bound to an interface keep their binding (not intercepted)\"",
            "chain prerouting {",
-           "type filter hook prerouting priority mangle; policy accept;",
+           "type filter hook prerouting priority mangle - 10; policy accept;",
            // nft prints "tcp flags & (syn | ack) != syn" this way.
            "iif \"lo\" tcp flags != syn / syn,ack socket transparent 1 meta mark set 0x000005d1 "
            "accept comment \"TCP packets of established transparent sockets\"",
