@@ -1,5 +1,7 @@
 #include "decider/decider.hpp"
 
+#include "decider/vpn_carrier.hpp"
+
 namespace splitd::decider {
 
 const char* to_string(Protocol p) { return p == Protocol::kTcp ? "tcp" : "udp"; }
@@ -151,6 +153,12 @@ RuleDecider::RuleDecider(const iface::InterfaceSource& interfaces,
 Route RuleDecider::decide(const SessionInfo& info) const {
   const auto rules = rules_.load();
   const auto snap = interfaces_.snapshot();
+  // A VPN client's own carrier flow keeps to the physical interface, whatever the rules
+  // say (it would otherwise be routed into the tunnel it carries).
+  if (info.protocol == Protocol::kUdp && is_wireguard_handshake_initiation(info.first_datagram)) {
+    return resolve(RouteKind::kDirect, info.dst.unmapped(), *snap, rules->on_tunnel_down,
+                   "VPN carrier (a WireGuard handshake)");
+  }
   RuleMatch m = rules->match(info, names_);
   // A match sends the flow the other way than the mode's default.
   const bool matched = m.kind != MatchKind::kNone;

@@ -377,7 +377,7 @@ class UdpProxy::Worker {
   void from_client(const Endpoint& client, const Endpoint& dst, std::size_t n) {
     const std::int64_t now = steady_ms();
     Flow* f = find_flow({client, dst});
-    if (!f) f = new_flow(client, dst, now);
+    if (!f) f = new_flow(client, dst, now, n);
     if (!f) return;
     touch(flow_lru_, *f, now);
     f->session->packets_sent.fetch_add(1, std::memory_order_relaxed);
@@ -429,7 +429,7 @@ class UdpProxy::Worker {
     return it == flows_.end() ? nullptr : it->second.get();
   }
 
-  Flow* new_flow(const Endpoint& client, const Endpoint& dst, std::int64_t now) {
+  Flow* new_flow(const Endpoint& client, const Endpoint& dst, std::int64_t now, std::size_t n) {
     if (stopping_) return nullptr;
     decider::SessionInfo info;
     info.protocol = decider::Protocol::kUdp;
@@ -437,6 +437,7 @@ class UdpProxy::Worker {
     info.src_port = client.port;
     info.dst = dst.address;
     info.dst_port = dst.port;
+    info.first_datagram = {reinterpret_cast<const std::uint8_t*>(buf_.get()), n};
     const decider::Route route = proxy_.decider_.decide(info);
     Mapping* m = nullptr;
     if (route.kind != decider::RouteKind::kBlock) {

@@ -142,5 +142,49 @@ TEST(RuleDecider, InterfaceChangesApplyToNextDecision) {
   EXPECT_EQ(d.decide(to("198.51.100.10")).kind, RouteKind::kBlock);
 }
 
+// WireGuard's handshake initiation, sent before wg-quick sets the socket's fwmark, is the
+// VPN's own carrier: direct, whatever the mode, the rules and the kill switch say.
+TEST(RuleDecider, AWireGuardHandshakeGoesDirect) {
+  fakes::FakeInterfaceSource source(fakes::lab_host_state(true));
+  std::vector<std::uint8_t> initiation(148, 0xab);
+  initiation[0] = 1;
+  initiation[1] = initiation[2] = initiation[3] = 0;
+  for (Mode mode : {Mode::kExclude, Mode::kInclude}) {
+    RuleDecider d(source, rules(mode, {"198.51.100.0/24"}));
+    SessionInfo s = to("198.51.100.10");
+    s.protocol = Protocol::kUdp;
+    s.dst_port = 51820;
+    s.first_datagram = initiation;
+    const Route r = d.decide(s);
+    EXPECT_EQ(r.kind, RouteKind::kDirect) << to_string(mode);
+    EXPECT_EQ(r.interface, "phys0");
+    EXPECT_EQ(r.rule, "VPN carrier (a WireGuard handshake)");
+  }
+  // Not that shape, or not UDP: the rules decide (exclude mode's default is the tunnel).
+  RuleDecider d(source, rules(Mode::kExclude, {}));
+  for (std::size_t size : {std::size_t{147}, std::size_t{149}, std::size_t{0}}) {
+    std::vector<std::uint8_t> other(initiation.begin(), initiation.begin() + std::min(size, initiation.size()));
+    other.resize(size, 0);
+    SessionInfo s = to("198.51.100.10");
+    s.protocol = Protocol::kUdp;
+    s.first_datagram = other;
+    EXPECT_EQ(d.decide(s).kind, RouteKind::kTunnel) << size;
+  }
+  std::vector<std::uint8_t> type2 = initiation;
+  type2[0] = 2;
+  SessionInfo s = to("198.51.100.10");
+  s.protocol = Protocol::kUdp;
+  s.first_datagram = type2;
+  EXPECT_EQ(d.decide(s).kind, RouteKind::kTunnel);
+  s.first_datagram = initiation;
+  s.protocol = Protocol::kTcp;
+  EXPECT_EQ(d.decide(s).kind, RouteKind::kTunnel);
+  // Before the VPN's routes exist (the handshake brings the tunnel up), too.
+  fakes::FakeInterfaceSource no_tunnel(fakes::lab_host_state(false));
+  RuleDecider down(no_tunnel, rules(Mode::kExclude, {}));
+  s.protocol = Protocol::kUdp;
+  EXPECT_EQ(down.decide(s).kind, RouteKind::kDirect);
+}
+
 }  // namespace
 }  // namespace splitd::decider
