@@ -1,17 +1,23 @@
 #include "daemon/run.hpp"
 
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -21,6 +27,7 @@
 #include "config/config.hpp"
 #include "decider/decider.hpp"
 #include "firewall/firewall.hpp"
+#include "firewall/vpn_coexistence.hpp"
 #include "iface/interface_cache.hpp"
 #include "proxy/session_table.hpp"
 #include "proxy/tcp_proxy.hpp"
@@ -112,6 +119,40 @@ class RpFilterGuard {
   std::map<std::string, int> saved_;
 };
 
+// The servers of VPN clients that do not mark their sockets, learned from their host
+// routes (InterfaceSnapshot::vpn_servers) on the interface cache's thread and applied to
+// the firewall by the main loop. A server once seen stays known while splitd runs: a
+// client restarted in TLS mode talks to its server before it puts its host route back,
+// and the kill switch would otherwise refuse that handshake.
+class VpnServers {
+ public:
+  // Cache thread. Returns true when a server was learned (the main loop must apply it).
+  bool learn(const iface::InterfaceSnapshot& snap) {
+    std::lock_guard lock(mu_);
+    bool added = false;
+    for (const IpAddress& ip : snap.vpn_servers()) {
+      if (known_.insert(ip).second) {
+        added = true;
+        log::info("VPN carrier: never intercepting ", ip.to_string(),
+                  " (a VPN client's host route to its server through the physical gateway)");
+      }
+    }
+    return added;
+  }
+  std::vector<Cidr> cidrs() const {
+    std::lock_guard lock(mu_);
+    std::vector<Cidr> out;
+    for (const IpAddress& ip : known_) {
+      out.emplace_back(ip, static_cast<std::uint8_t>(ip.family() == IpAddress::Family::kV4 ? 32 : 128));
+    }
+    return out;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::set<IpAddress> known_;
+};
+
 std::shared_ptr<const decider::RuleSet> rules_of(const config::Config& c) {
   decider::RuleSpec spec;
   spec.mode = c.split.mode;
@@ -188,6 +229,28 @@ int check(const std::string& path) {
   return kExitOk;
 }
 
+int cleanup() {
+  if (!has_net_admin()) {
+    log::error("splitd cleanup needs CAP_NET_ADMIN: run it as root");
+    return kExitRuntime;
+  }
+  int rc = kExitOk;
+  if (auto coexistence = firewall::VpnCoexistence::remove_leftovers(); !coexistence) {
+    log::error("cleanup: rules in VPN clients' tables: ", coexistence.error().message);
+    rc = kExitRuntime;
+  }
+  auto fw = firewall::Firewall::open();
+  if (!fw) {
+    log::error("cleanup: ", fw.error().message);
+    return kExitRuntime;
+  }
+  if (auto r = (*fw)->remove(); !r) {
+    log::error("cleanup: ", r.error().message);
+    rc = kExitRuntime;
+  }
+  return rc;
+}
+
 int run(const std::string& path, bool path_given) {
   auto cfg = load(path, path_given);
   if (!cfg) return kExitConfig;
@@ -201,11 +264,19 @@ int run(const std::string& path, bool path_given) {
   }
   raise_fd_limit(cfg->proxy.max_sessions);
 
-  // Stop signals are blocked in every thread and taken by sigtimedwait below.
+  // Stop signals are blocked in every thread and read from a signalfd by the main loop.
   sigset_t signals;
   sigemptyset(&signals);
   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) sigaddset(&signals, sig);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  Fd signal_fd(::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
+  // The interface cache's thread wakes the main loop when a VPN server appeared, so the
+  // firewall learns it at once rather than at the next tick.
+  Fd wake_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!signal_fd || !wake_fd) {
+    log::error("signalfd/eventfd: ", std::strerror(errno));
+    return kExitRuntime;
+  }
   signal(SIGPIPE, SIG_IGN);
 
   // One splitd per network namespace: a second one would share the listeners
@@ -235,10 +306,17 @@ int run(const std::string& path, bool path_given) {
     log::error("cannot read interfaces over rtnetlink: ", cache.error().message());
     return kExitRuntime;
   }
-  const auto on_interfaces = [&rp_filter](const std::shared_ptr<const iface::InterfaceSnapshot>& snap) {
+  VpnServers vpn_servers;
+  const int wake = wake_fd.get();
+  const auto on_interfaces = [&rp_filter, &vpn_servers,
+                              wake](const std::shared_ptr<const iface::InterfaceSnapshot>& snap) {
     log::info("interfaces: ", describe(*snap));
     for (auto f : {IpAddress::Family::kV4, IpAddress::Family::kV6}) {
       if (const auto* p = snap->physical(f)) rp_filter.loosen(p->name);
+    }
+    if (vpn_servers.learn(*snap)) {
+      const std::uint64_t one = 1;
+      [[maybe_unused]] const ssize_t w = ::write(wake, &one, sizeof one);
     }
   };
   on_interfaces((*cache)->snapshot());
@@ -281,6 +359,7 @@ int run(const std::string& path, bool path_given) {
     return kExitRuntime;
   }
   firewall::FirewallConfig fwcfg = firewall_of(*cfg);
+  fwcfg.vpn_servers = vpn_servers.cidrs();
   if (auto r = (*fw)->install(fwcfg); !r) {
     log::error("firewall: ", r.error().message);
     udp.stop();
@@ -295,6 +374,15 @@ int run(const std::string& path, bool path_given) {
       if (armed) fw.remove();
     }
   } remove_rules{**fw};
+  // VPN firewalls that would drop splitd's loopback replies (wg-quick's anti-spoofing
+  // rule) get splitd's allow rule, kept in place by a watcher until stop().
+  auto coexistence = firewall::VpnCoexistence::open();
+  if (!coexistence) {
+    log::warn("VPN coexistence: ", coexistence.error().message,
+              "; if wg-quick runs, its anti-spoofing rule will drop proxied flows");
+  } else if (auto r = (*coexistence)->start(); !r) {
+    log::warn("VPN coexistence: ", r.error().message);
+  }
   log::info("ready: intercepting TCP and UDP to port ", cfg->proxy.port, ", mark 0x", std::hex,
             cfg->firewall.mark, ", bypass mark 0x", cfg->firewall.bypass_mark, std::dec, ", table ",
             cfg->firewall.route_table, ", mode ", decider::to_string(cfg->split.mode));
@@ -303,13 +391,40 @@ int run(const std::string& path, bool path_given) {
   auto last_summary = last_repair;
   int exit_code = kExitOk;
   for (;;) {
-    const timespec tick{1, 0};
-    const int sig = sigtimedwait(&signals, nullptr, &tick);
+    // Signals, the cache's wake-up, and other programs' policy-rule changes (wg-quick
+    // coming up puts its rules before splitd's): each is handled within milliseconds.
+    pollfd fds[3] = {{signal_fd.get(), POLLIN, 0}, {wake_fd.get(), POLLIN, 0},
+                     {(*fw)->rule_events_fd(), POLLIN, 0}};
+    ::poll(fds, 3, 1000);
+    int sig = 0;
+    if (fds[0].revents & POLLIN) {
+      signalfd_siginfo info{};
+      if (::read(signal_fd.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+        sig = static_cast<int>(info.ssi_signo);
+      }
+    }
+    if (fds[1].revents & POLLIN) {
+      std::uint64_t n = 0;
+      [[maybe_unused]] const ssize_t r = ::read(wake_fd.get(), &n, sizeof n);
+    }
+    if ((fds[2].revents & POLLIN) && (*fw)->drain_rule_events() && !(*fw)->intact(fwcfg)) {
+      log::warn("policy routing changed by another program: restoring splitd's rules ahead of it");
+      if (auto r = (*fw)->install(fwcfg); !r) log::error("firewall: ", r.error().message);
+    }
     if (sig == SIGINT || sig == SIGTERM) {
       log::info("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ": stopping");
       break;
     }
     if (sig == SIGUSR1) log_sessions(sessions);
+    if (auto servers = vpn_servers.cidrs(); servers != fwcfg.vpn_servers) {
+      firewall::FirewallConfig next = fwcfg;
+      next.vpn_servers = std::move(servers);
+      if (auto r = (*fw)->install(next); r) {
+        fwcfg = std::move(next);
+      } else {
+        log::error("firewall: adding VPN servers: ", r.error().message);
+      }
+    }
     if (sig == SIGHUP) {
       // A file that is missing now (an editor replacing it) keeps the running config;
       // the built-in defaults apply only when splitd starts without a file.
@@ -326,6 +441,7 @@ int run(const std::string& path, bool path_given) {
         // replaced in one transaction; the proxy's port and bypass mark stay, since live
         // sockets carry them. A failed install puts the old footprint back.
         firewall::FirewallConfig fw_next = firewall_of(*next);
+        fw_next.vpn_servers = fwcfg.vpn_servers;
         fw_next.port = fwcfg.port;
         fw_next.bypass_mark = fwcfg.bypass_mark;
         if (fw_next.mark != fwcfg.mark || fw_next.route_table != fwcfg.route_table ||
@@ -373,6 +489,7 @@ int run(const std::string& path, bool path_given) {
   // closed port and fail, which is the safe way to fail.
   tcp.stop();
   udp.stop(std::chrono::milliseconds(300));
+  if (coexistence) (*coexistence)->stop();  // removes splitd's rules from the VPN's tables
   remove_rules.armed = false;
   if (auto r = (*fw)->remove(); !r) {
     log::error("firewall: removing rules: ", r.error().message);

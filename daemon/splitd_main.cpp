@@ -35,6 +35,8 @@ void usage(std::FILE* to) {
       "  interfaces [--json] [--physical NAME] [--tunnel NAME] [--watch]\n"
       "                 show the interface cache: which interface is physical (per family)\n"
       "                 and which is the tunnel; --watch prints it again on every change\n"
+      "  cleanup        remove every leftover of an earlier run: table inet splitd, its\n"
+      "                 policy rules and routes, its rules in VPN clients' tables\n"
       "  version        version and build information\n"
       "  help           this text\n",
       to);
@@ -144,6 +146,13 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "splitd: fatal: %s\n", e.what());
       return kExitRuntime;
     }
+  }
+  if (cmd == "cleanup") {
+    if (!args.empty()) {
+      std::fputs("splitd cleanup: takes no options\n", stderr);
+      return kExitUsage;
+    }
+    return splitd::daemon::cleanup();
   }
   if (cmd == "version" || cmd == "--version") return cmd_version();
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
