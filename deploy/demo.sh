@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# The demo: builds splitd, starts the lab (namespaces host/wan/vpn, a "VPN" whose client
-# installed 0/1 + 128/1 routes through tun0), runs splitd in exclude mode with one server
-# network excluded, and shows which side answers each request. Cleans up after itself.
+# The demo: builds splitd, starts the lab (namespaces host/wan/vpn) with a real VPN client
+# in host (wg-quick with wireguard-go by default, AllowedIPs 0/0 and ::/0; or OpenVPN, or
+# the lab's relay), runs splitd in exclude mode with one server network excluded, and
+# shows which side answers each request. Cleans up after itself.
+#
+#   deploy/demo.sh [--vpn wireguard|openvpn|relay]
+#
 # Needs root (network namespaces); touches nothing outside its own namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+VPN=wireguard
+while (($#)); do
+  case $1 in
+    --vpn) VPN=${2:?--vpn needs wireguard, openvpn or relay}; shift 2 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "demo.sh: unknown option $1" >&2; exit 1 ;;
+  esac
+done
+case $VPN in
+  wireguard|openvpn) LAB_ARGS=(--vpn "$VPN") ;;
+  relay) LAB_ARGS=(--vpn-default-route) ;;
+  *) echo "demo.sh: --vpn must be wireguard, openvpn or relay, not '$VPN'" >&2; exit 1 ;;
+esac
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "demo.sh: needs root (it builds network namespaces)" >&2
@@ -27,14 +45,24 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-eval "$(bash tests/lab/lab.sh up --vpn-default-route --owner $$ --bin-dir build-release/tests/lab)"
+eval "$(bash tests/lab/lab.sh up "${LAB_ARGS[@]}" --owner $$ --bin-dir build-release/tests/lab)"
 in_host() { ip netns exec "$LAB_HOST" "$@"; }
 ask() { printf '  %-28s -> %s' "$1" "$(in_host curl -s -g --max-time 5 "$1")"; echo; }
+# What the VPN client installed: splitd must leave it as it found it.
+vpn_state() { in_host sh -c 'ip -4 rule; ip -6 rule; ip -4 route show table all; ip -6 route show table all | grep -v "^local\|expires"; nft list ruleset'; }
 
 echo
-echo "== the lab: host has phys0 (to wan) and tun0 (the VPN), with the VPN's default route"
+case $VPN in
+  wireguard) echo "== the lab: host has phys0 (to wan) and tun0, brought up by wg-quick (wireguard-go, AllowedIPs 0/0 and ::/0)" ;;
+  openvpn) echo "== the lab: host has phys0 (to wan) and tun0, brought up by OpenVPN 2.6 (--redirect-gateway def1 ipv6)" ;;
+  relay) echo "== the lab: host has phys0 (to wan) and tun0 (the lab's relay), with a VPN's default route" ;;
+esac
 in_host ip -brief address show | sed 's/^/  /'
 in_host ip route | sed 's/^/  /'
+if [[ $VPN == wireguard ]]; then
+  in_host ip rule | sed 's/^/  /'
+fi
+VPN_BEFORE=$(vpn_state)
 echo
 echo "== without splitd: every request goes through the VPN (servers answer 'SIDE PEER PORT')"
 ask http://203.0.113.10/
@@ -87,6 +115,11 @@ grep -E 'DEBUG tcp #' "$LAB_DIR/splitd.log" | sed 's/^[^ ]* [A-Z]* /  /' || true
 echo
 echo "== nft list table inet splitd (in host)"
 in_host nft list table inet splitd | sed 's/^/  /'
+if [[ $VPN == wireguard ]]; then
+  echo
+  echo "== wg-quick's anti-spoofing chain, with splitd's allow rule for its loopback replies"
+  in_host nft list chain ip wg-quick-tun0 preraw | sed 's/^/  /'
+fi
 kill "$HOLD_PID" 2>/dev/null || true
 HOLD_PID=""
 echo
@@ -95,6 +128,12 @@ kill -TERM "$SPLITD_PID"
 wait "$SPLITD_PID" && echo "  splitd exited 0"
 SPLITD_PID=""
 echo "  nft tables left in host: $(in_host nft list tables | grep -c splitd || true)"
-echo "  fwmark rules left in host: $(in_host ip rule | grep -c fwmark || true)"
+echo "  splitd's policy rules left in host: $(in_host ip rule | grep -c 'lookup 1501' || true)"
+if [[ $(vpn_state) == "$VPN_BEFORE" ]]; then
+  echo "  the VPN client's rules, routes and tables: exactly as splitd found them"
+else
+  echo "  the VPN client's state changed:"; diff <(echo "$VPN_BEFORE") <(vpn_state) | sed 's/^/    /'
+  exit 2
+fi
 echo
 echo "== done; removing the lab"

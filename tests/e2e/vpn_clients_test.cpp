@@ -369,5 +369,24 @@ TEST(WgQuick, ProviderKillSwitchWithTheDocumentedLine) {
   EXPECT_TRUE(starts_with(curl(*lab, "--interface phys0 http://203.0.113.10/"), "curl exit "));
 }
 
+// splitd killed hard leaves its footprint, its allow rules in wg-quick's tables included;
+// `splitd cleanup` removes all of it and nothing of wg-quick's.
+TEST(WgQuick, CleanupAfterACrashRemovesEverythingOfSplitdsOnly) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{.vpn = Vpn::kWireGuard});
+  const std::string before = vpn_state(*lab);
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
+  ASSERT_NE(lab->exec(lab->host_ns(), "nft list chain ip wg-quick-tun0 preraw").out.find("splitd"),
+            std::string::npos);
+  splitd->kill_hard();
+  EXPECT_NE(vpn_state(*lab).find("splitd"), std::string::npos) << "a crash leaves the footprint";
+  const auto r = lab->exec(lab->host_ns(), std::string(splitd_path()) + " cleanup");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("removed"), std::string::npos) << r.err;
+  EXPECT_EQ(vpn_state(*lab), before);
+  EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "vpn 198.18.2.2 "));
+  // Twice is fine: nothing left to remove.
+  EXPECT_EQ(lab->exec(lab->host_ns(), std::string(splitd_path()) + " cleanup").exit_code, 0);
+}
+
 }  // namespace
 }  // namespace splitd::e2e
