@@ -33,35 +33,12 @@ using namespace std::chrono_literals;
 using testing::CommandResult;
 using testing::run;
 using testing::TestNetns;
+using testing::count;
+using testing::make_addr;
 
 constexpr std::uint16_t kPort = 15001;
 
-std::size_t count(const std::string& haystack, const std::string& needle) {
-  std::size_t n = 0;
-  for (auto at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1))
-    ++n;
-  return n;
-}
-
 // ---- sockets used inside the namespace -------------------------------------------------
-
-sockaddr_storage make_addr(const std::string& ip, std::uint16_t port, socklen_t& len) {
-  sockaddr_storage ss{};
-  if (ip.find(':') == std::string::npos) {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(port);
-    inet_pton(AF_INET, ip.c_str(), &sin->sin_addr);
-    len = sizeof(sockaddr_in);
-  } else {
-    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons(port);
-    inet_pton(AF_INET6, ip.c_str(), &sin6->sin6_addr);
-    len = sizeof(sockaddr_in6);
-  }
-  return ss;
-}
 
 // "198.51.100.7:80", "[2001:db8:9::7]:80"; IPv4-mapped addresses shown as IPv4.
 std::string to_text(const sockaddr_storage& ss) {

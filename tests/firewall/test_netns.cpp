@@ -1,6 +1,8 @@
 #include "test_netns.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,6 +17,31 @@
 #include "common/fd.hpp"
 
 namespace splitd::firewall::testing {
+
+std::size_t count(const std::string& haystack, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1))
+    ++n;
+  return n;
+}
+
+sockaddr_storage make_addr(const std::string& ip, std::uint16_t port, socklen_t& len) {
+  sockaddr_storage ss{};
+  if (ip.find(':') == std::string::npos) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    inet_pton(AF_INET, ip.c_str(), &sin->sin_addr);
+    len = sizeof(sockaddr_in);
+  } else {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(port);
+    inet_pton(AF_INET6, ip.c_str(), &sin6->sin6_addr);
+    len = sizeof(sockaddr_in6);
+  }
+  return ss;
+}
 
 CommandResult run(const std::string& command) {
   CommandResult r;

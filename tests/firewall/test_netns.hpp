@@ -1,5 +1,9 @@
 #pragma once
 
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -13,6 +17,12 @@ struct CommandResult {
 
 // Runs `command` with /bin/sh and returns its exit status and output.
 CommandResult run(const std::string& command);
+
+// How often `needle` occurs in `haystack` (overlapping occurrences count).
+std::size_t count(const std::string& haystack, const std::string& needle);
+
+// The socket address of an IPv4 or IPv6 literal; *len is set to its size.
+sockaddr_storage make_addr(const std::string& ip, std::uint16_t port, socklen_t& len);
 
 // Empty when netns tests can run here, else why not (not root, no `ip`, no `nft`).
 std::string netns_unavailable_reason();

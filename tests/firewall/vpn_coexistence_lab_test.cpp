@@ -36,19 +36,14 @@ using namespace std::chrono_literals;
 using testing::CommandResult;
 using testing::run;
 using testing::TestNetns;
+using testing::count;
+using testing::make_addr;
 
 constexpr const char* kTunnel4 = "198.18.2.2";
 constexpr const char* kTunnel6 = "2001:db8:ff:2::2";
 constexpr const char* kRemote4 = "203.0.113.10";  // the server splitd's proxy answers for
 constexpr const char* kRemote6 = "2001:db8::10";
 constexpr std::uint32_t kFwmark = 51820;
-
-std::size_t count(const std::string& haystack, const std::string& needle) {
-  std::size_t n = 0;
-  for (auto at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1))
-    ++n;
-  return n;
-}
 
 // What wg-quick's add_default() feeds `nft -f` for interface tun0 with one address of the
 // family (wireguard-tools 1.0.20210914, /usr/bin/wg-quick), character for character.
@@ -187,24 +182,6 @@ std::vector<std::string> chain_rules(const TestNetns& ns, const std::string& spe
 
 const std::string kExpectedRule =
     "iifname \"lo\" accept comment \"" + std::string(VpnCoexistence::kRuleComment) + "\"";
-
-sockaddr_storage make_addr(const std::string& ip, std::uint16_t port, socklen_t& len) {
-  sockaddr_storage ss{};
-  if (ip.find(':') == std::string::npos) {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(port);
-    inet_pton(AF_INET, ip.c_str(), &sin->sin_addr);
-    len = sizeof(sockaddr_in);
-  } else {
-    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons(port);
-    inet_pton(AF_INET6, ip.c_str(), &sin6->sin6_addr);
-    len = sizeof(sockaddr_in6);
-  }
-  return ss;
-}
 
 // What splitd's UDP proxy does when it answers an app: a transparent socket bound to the
 // remote server's address sends to the app's address (the tunnel address), through lo.
