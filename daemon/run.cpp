@@ -120,14 +120,17 @@ class RpFilterGuard {
 };
 
 // The servers of VPN clients that do not mark their sockets, learned from their host
-// routes (InterfaceSnapshot::vpn_servers) on the interface cache's thread and applied to
-// the firewall by the main loop. A server once seen stays known while splitd runs: a
+// routes (InterfaceSnapshot::vpn_servers) while a tunnel interface exists, on the interface
+// cache's thread, and applied to the firewall by the main loop. A server once seen stays known while splitd runs: a
 // client restarted in TLS mode talks to its server before it puts its host route back,
 // and the kill switch would otherwise refuse that handshake.
 class VpnServers {
  public:
   // Cache thread. Returns true when a server was learned (the main loop must apply it).
   bool learn(const iface::InterfaceSnapshot& snap) {
+    // Only while a tunnel interface exists: a host route via a gateway on a machine without
+    // a VPN (a DHCP option-121 route, one the user added) is not a VPN's.
+    if (snap.tunnel() == nullptr) return false;
     std::lock_guard lock(mu_);
     bool added = false;
     for (const IpAddress& ip : snap.vpn_servers()) {
@@ -202,6 +205,21 @@ void log_sessions(const proxy::SessionTable& table) {
   }
 }
 
+// The instance lock: an abstract unix socket name, per network namespace, gone with the
+// process even after SIGKILL. Invalid (errno set) when another splitd holds it.
+Fd claim_instance() {
+  Fd instance(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const char name[] = "\0splitd-instance";
+  std::memcpy(addr.sun_path, name, sizeof name - 1);
+  if (!instance || ::bind(instance.get(), reinterpret_cast<sockaddr*>(&addr),
+                          static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + sizeof name - 1)) != 0) {
+    return Fd();
+  }
+  return instance;
+}
+
 std::optional<config::Config> load(const std::string& path, bool path_given) {
   if (!path_given && access(path.c_str(), F_OK) != 0) {
     log::info("no config at ", path, ": using built-in defaults");
@@ -232,6 +250,14 @@ int check(const std::string& path) {
 int cleanup() {
   if (!has_net_admin()) {
     log::error("splitd cleanup needs CAP_NET_ADMIN: run it as root");
+    return kExitRuntime;
+  }
+  // A running splitd's footprint is not a leftover: removing it would switch its
+  // interception and kill switch off.
+  const Fd instance = claim_instance();
+  if (!instance) {
+    log::error("splitd cleanup: a splitd is running in this network namespace; stop it first "
+               "(it removes its footprint when it stops)");
     return kExitRuntime;
   }
   int rc = kExitOk;
@@ -280,24 +306,18 @@ int run(const std::string& path, bool path_given) {
   signal(SIGPIPE, SIG_IGN);
 
   // One splitd per network namespace: a second one would share the listeners
-  // (SO_REUSEPORT) and replace the table with its own. Abstract unix socket names are
-  // per namespace and vanish with the process, even after SIGKILL.
-  Fd instance(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    const char name[] = "\0splitd-instance";
-    std::memcpy(addr.sun_path, name, sizeof name - 1);
-    if (!instance || ::bind(instance.get(), reinterpret_cast<sockaddr*>(&addr),
-                            static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + sizeof name - 1)) != 0) {
-      log::error("another splitd is already running in this network namespace (",
-                 std::strerror(errno), "); stop it first");
-      return kExitRuntime;
-    }
+  // (SO_REUSEPORT) and replace the table with its own.
+  Fd instance = claim_instance();
+  if (!instance) {
+    log::error("another splitd is already running in this network namespace (",
+               std::strerror(errno), "); stop it first");
+    return kExitRuntime;
   }
 
-  // Declared before the cache: its thread calls loosen() until the cache is destroyed.
+  // Declared before the cache: its thread calls loosen() and learn() until the cache is
+  // destroyed.
   RpFilterGuard rp_filter;
+  VpnServers vpn_servers;
   iface::SelectionConfig selection;
   if (cfg->interfaces.physical != "auto") selection.physical = cfg->interfaces.physical;
   if (cfg->interfaces.tunnel != "auto") selection.tunnel = cfg->interfaces.tunnel;
@@ -306,7 +326,6 @@ int run(const std::string& path, bool path_given) {
     log::error("cannot read interfaces over rtnetlink: ", cache.error().message());
     return kExitRuntime;
   }
-  VpnServers vpn_servers;
   const int wake = wake_fd.get();
   const auto on_interfaces = [&rp_filter, &vpn_servers,
                               wake](const std::shared_ptr<const iface::InterfaceSnapshot>& snap) {
@@ -389,13 +408,18 @@ int run(const std::string& path, bool path_given) {
 
   auto last_repair = std::chrono::steady_clock::now();
   auto last_summary = last_repair;
+  auto repair_not_before = last_repair;
   int exit_code = kExitOk;
   for (;;) {
     // Signals, the cache's wake-up, and other programs' policy-rule changes (wg-quick
     // coming up puts its rules before splitd's): each is handled within milliseconds.
     pollfd fds[3] = {{signal_fd.get(), POLLIN, 0}, {wake_fd.get(), POLLIN, 0},
                      {(*fw)->rule_events_fd(), POLLIN, 0}};
-    ::poll(fds, 3, 1000);
+    if (::poll(fds, 3, 1000) < 0 && errno != EINTR) {
+      log::error("main loop: poll: ", std::strerror(errno));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
     int sig = 0;
     if (fds[0].revents & POLLIN) {
       signalfd_siginfo info{};
@@ -407,22 +431,30 @@ int run(const std::string& path, bool path_given) {
       std::uint64_t n = 0;
       [[maybe_unused]] const ssize_t r = ::read(wake_fd.get(), &n, sizeof n);
     }
-    if ((fds[2].revents & POLLIN) && (*fw)->drain_rule_events() && !(*fw)->intact(fwcfg)) {
+    // Automatic repairs that fail wait a second before the next try (a failure must not
+    // spin on the events its own attempt caused).
+    const auto now_repair = std::chrono::steady_clock::now();
+    const bool may_repair = now_repair >= repair_not_before;
+    if ((fds[2].revents & POLLIN) && (*fw)->drain_rule_events() && may_repair && !(*fw)->intact(fwcfg)) {
       log::warn("policy routing changed by another program: restoring splitd's rules ahead of it");
-      if (auto r = (*fw)->install(fwcfg); !r) log::error("firewall: ", r.error().message);
+      if (auto r = (*fw)->install(fwcfg); !r) {
+        log::error("firewall: ", r.error().message, "; retrying in 1 s");
+        repair_not_before = now_repair + std::chrono::seconds(1);
+      }
     }
     if (sig == SIGINT || sig == SIGTERM) {
       log::info("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ": stopping");
       break;
     }
     if (sig == SIGUSR1) log_sessions(sessions);
-    if (auto servers = vpn_servers.cidrs(); servers != fwcfg.vpn_servers) {
+    if (auto servers = vpn_servers.cidrs(); servers != fwcfg.vpn_servers && may_repair) {
       firewall::FirewallConfig next = fwcfg;
       next.vpn_servers = std::move(servers);
       if (auto r = (*fw)->install(next); r) {
         fwcfg = std::move(next);
       } else {
-        log::error("firewall: adding VPN servers: ", r.error().message);
+        log::error("firewall: adding VPN servers: ", r.error().message, "; retrying in 1 s");
+        repair_not_before = now_repair + std::chrono::seconds(1);
       }
     }
     if (sig == SIGHUP) {

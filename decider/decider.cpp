@@ -1,7 +1,5 @@
 #include "decider/decider.hpp"
 
-#include "decider/vpn_carrier.hpp"
-
 namespace splitd::decider {
 
 const char* to_string(Protocol p) { return p == Protocol::kTcp ? "tcp" : "udp"; }
@@ -155,7 +153,7 @@ Route RuleDecider::decide(const SessionInfo& info) const {
   const auto snap = interfaces_.snapshot();
   // A VPN client's own carrier flow keeps to the physical interface, whatever the rules
   // say (it would otherwise be routed into the tunnel it carries).
-  if (info.protocol == Protocol::kUdp && is_wireguard_handshake_initiation(info.first_datagram)) {
+  if (info.vpn_carrier) {
     return resolve(RouteKind::kDirect, info.dst.unmapped(), *snap, rules->on_tunnel_down,
                    "VPN carrier (a WireGuard handshake)");
   }

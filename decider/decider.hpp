@@ -4,7 +4,6 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <span>
 #include <string>
 #include <vector>
 
@@ -44,9 +43,9 @@ struct SessionInfo {
   std::string cgroup_path;  // cgroup v2 path, e.g. "/user.slice/.../app-slack-1.scope"
   std::string comm;         // /proc/PID/comm
   std::string exe;          // /proc/PID/exe
-  // UDP: the flow's first datagram, to recognise a VPN client's carrier whose socket is
-  // not marked yet (vpn_carrier.hpp). Valid during decide() only.
-  std::span<const std::uint8_t> first_datagram;
+  // The flow is a VPN client's own carrier (its first datagram is a WireGuard handshake
+  // initiation from a root-owned socket, vpn_carrier.hpp): it goes direct, before any rule.
+  bool vpn_carrier = false;
 };
 
 // Which kind of rule decided a flow (for metrics and logs).

@@ -14,7 +14,10 @@ namespace splitd::decider {
 //
 // A WireGuard handshake initiation: message type 1, three reserved zero bytes, exactly
 // 148 bytes (type, sender index, ephemeral key, encrypted static key and timestamp, two
-// MACs). No other common protocol's first datagram has that shape.
+// MACs). No other common protocol's first datagram has that shape, but any app can send
+// one: the UDP proxy also checks that the sending socket is root's (socket_owner.hpp)
+// before it calls the flow a VPN carrier, so an unprivileged app cannot use the shape to
+// get past the rules or the kill switch (root can bypass splitd with SO_MARK anyway).
 bool is_wireguard_handshake_initiation(std::span<const std::uint8_t> datagram);
 
 }  // namespace splitd::decider

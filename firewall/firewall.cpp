@@ -49,13 +49,14 @@ struct Firewall::Impl {
 namespace {
 
 // Whether, in the kernel's evaluation order `rules`, some other program's rule (not the
-// `lookup local` rule at priority 0) comes before splitd's; *first_foreign is the
+// `lookup local` rule at priority 0; a foreign rule at 0 counts, and cannot be passed)
+// comes before splitd's; *first_foreign is the
 // priority of the first such rule. With `ours_present` false, whether one comes at or
 // before `priority` (where splitd's rule would be added: after rules of equal priority).
 bool foreign_rule_first(const std::vector<PolicyRule>& rules, std::uint32_t priority,
                         std::uint32_t* first_foreign) {
   for (const PolicyRule& r : rules) {
-    if (r.priority == 0) continue;
+    if (r.priority == 0 && r.table == RT_TABLE_LOCAL) continue;  // `lookup local` comes first
     if (r.protocol == Firewall::kRouteProtocol && r.priority == priority) return false;
     if (r.protocol == Firewall::kRouteProtocol) continue;  // a leftover, deleted by install
     if (r.priority <= priority) {
@@ -125,12 +126,21 @@ Expected<void, FirewallError> Firewall::install(const FirewallConfig& requested)
   auto priority = rule_priority_for(config);
   if (!priority) return unexpected(priority.error());
   config.rule_priority = *priority;
+  // A repair or a reload that fails keeps what is in place (the table of the previous
+  // transaction, with its kill switch) rather than leaving nothing; only a first install
+  // that fails takes its half-made footprint away.
+  auto present = nft_table_exists(impl_->nft, kTableName);
+  const bool replacing = present && *present;
   // Routes and rules first: until the table marks packets they change nothing.
   auto result = impl_->routing.install(config);
   if (result) {
     impl_->priority = config.rule_priority;
     NftBatch batch = install_batch(config);
     result = batch.commit(impl_->nft);
+  }
+  if (!result && replacing) {
+    log::warn("firewall: the change failed; the previous table inet ", kTableName, " stays in place");
+    return result;
   }
   if (!result) {
     // A half-installed footprint could send marked packets nowhere; take it all away.
@@ -150,12 +160,15 @@ int Firewall::rule_events_fd() const { return impl_->rule_events.fd(); }
 
 bool Firewall::drain_rule_events() {
   bool any = false;
-  for (;;) {
+  // Bounded: a program rewriting rules without pause must not hold the main loop; what is
+  // left is read on the next call.
+  for (int i = 0; i < 256; ++i) {
     auto d = impl_->rule_events.receive(std::chrono::milliseconds(0));
     if (!d) return true;  // ENOBUFS: events lost; a check is due anyway
     if (d->empty()) return any;
     any = true;
   }
+  return true;
 }
 
 Expected<void, FirewallError> Firewall::remove() {

@@ -420,8 +420,11 @@ void VpnCoexistence::Impl::watch() {
     const int rc = ::poll(fds, 2, std::max<int>(0, static_cast<int>(wait.count())));
     if (rc < 0) {
       if (errno == EINTR) continue;
-      log::error("VPN coexistence: poll: ", std::strerror(errno), "; the watcher stops");
-      return;
+      // Never stop maintaining the rule: fall back to the safety interval alone.
+      log::error("VPN coexistence: poll: ", std::strerror(errno), "; checking every second instead");
+      std::this_thread::sleep_for(std::chrono::milliseconds(kSafetyIntervalMs));
+      next = Clock::now();
+      continue;
     }
     if ((fds[1].revents & POLLIN) != 0) return;
     bool run = rc == 0;  // the safety interval is over

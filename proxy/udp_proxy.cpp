@@ -1,5 +1,8 @@
 #include "proxy/udp_proxy.hpp"
 
+#include "decider/vpn_carrier.hpp"
+#include "proxy/socket_owner.hpp"
+
 #include <malloc.h>
 #include <netinet/in.h>
 #include <sodium.h>
@@ -437,7 +440,16 @@ class UdpProxy::Worker {
     info.src_port = client.port;
     info.dst = dst.address;
     info.dst_port = dst.port;
-    info.first_datagram = {reinterpret_cast<const std::uint8_t*>(buf_.get()), n};
+    // A WireGuard handshake from a root-owned socket is a VPN client's carrier that is not
+    // marked yet (wg-quick sets the fwmark after bringing the interface up).
+    if (decider::is_wireguard_handshake_initiation({reinterpret_cast<const std::uint8_t*>(buf_.get()), n})) {
+      const auto owner = udp_socket_owner(client, dst);
+      info.vpn_carrier = owner && *owner == 0;
+      log::info("udp ", client.to_string(), " -> ", dst.to_string(), ": a WireGuard handshake from ",
+                owner ? (*owner == 0 ? std::string("root: a VPN carrier, direct")
+                                     : "uid " + std::to_string(*owner) + ": not a VPN client, the rules decide")
+                      : std::string("an unknown socket: the rules decide"));
+    }
     const decider::Route route = proxy_.decider_.decide(info);
     Mapping* m = nullptr;
     if (route.kind != decider::RouteKind::kBlock) {

@@ -1,4 +1,5 @@
 #include "decider/decider.hpp"
+#include "decider/vpn_carrier.hpp"
 
 #include <gtest/gtest.h>
 
@@ -143,47 +144,39 @@ TEST(RuleDecider, InterfaceChangesApplyToNextDecision) {
 }
 
 // WireGuard's handshake initiation, sent before wg-quick sets the socket's fwmark, is the
-// VPN's own carrier: direct, whatever the mode, the rules and the kill switch say.
-TEST(RuleDecider, AWireGuardHandshakeGoesDirect) {
+// VPN's own carrier when a root socket sends it (the UDP proxy checks): direct, whatever
+// the mode and the rules say.
+TEST(RuleDecider, AVpnCarrierGoesDirect) {
   fakes::FakeInterfaceSource source(fakes::lab_host_state(true));
-  std::vector<std::uint8_t> initiation(148, 0xab);
-  initiation[0] = 1;
-  initiation[1] = initiation[2] = initiation[3] = 0;
   for (Mode mode : {Mode::kExclude, Mode::kInclude}) {
     RuleDecider d(source, rules(mode, {"198.51.100.0/24"}));
     SessionInfo s = to("198.51.100.10");
     s.protocol = Protocol::kUdp;
     s.dst_port = 51820;
-    s.first_datagram = initiation;
+    EXPECT_EQ(d.decide(s).kind, mode == Mode::kExclude ? RouteKind::kDirect : RouteKind::kTunnel);
+    s.vpn_carrier = true;
     const Route r = d.decide(s);
     EXPECT_EQ(r.kind, RouteKind::kDirect) << to_string(mode);
     EXPECT_EQ(r.interface, "phys0");
     EXPECT_EQ(r.rule, "VPN carrier (a WireGuard handshake)");
   }
-  // Not that shape, or not UDP: the rules decide (exclude mode's default is the tunnel).
-  RuleDecider d(source, rules(Mode::kExclude, {}));
-  for (std::size_t size : {std::size_t{147}, std::size_t{149}, std::size_t{0}}) {
-    std::vector<std::uint8_t> other(initiation.begin(), initiation.begin() + std::min(size, initiation.size()));
+}
+
+TEST(VpnCarrier, TheShapeOfAWireGuardHandshakeInitiation) {
+  std::vector<std::uint8_t> initiation(148, 0xab);
+  initiation[0] = 1;
+  initiation[1] = initiation[2] = initiation[3] = 0;
+  EXPECT_TRUE(is_wireguard_handshake_initiation(initiation));
+  for (std::size_t size : {std::size_t{0}, std::size_t{4}, std::size_t{147}, std::size_t{149}, std::size_t{1200}}) {
+    std::vector<std::uint8_t> other = initiation;
     other.resize(size, 0);
-    SessionInfo s = to("198.51.100.10");
-    s.protocol = Protocol::kUdp;
-    s.first_datagram = other;
-    EXPECT_EQ(d.decide(s).kind, RouteKind::kTunnel) << size;
+    EXPECT_FALSE(is_wireguard_handshake_initiation(other)) << size;
   }
-  std::vector<std::uint8_t> type2 = initiation;
-  type2[0] = 2;
-  SessionInfo s = to("198.51.100.10");
-  s.protocol = Protocol::kUdp;
-  s.first_datagram = type2;
-  EXPECT_EQ(d.decide(s).kind, RouteKind::kTunnel);
-  s.first_datagram = initiation;
-  s.protocol = Protocol::kTcp;
-  EXPECT_EQ(d.decide(s).kind, RouteKind::kTunnel);
-  // Before the VPN's routes exist (the handshake brings the tunnel up), too.
-  fakes::FakeInterfaceSource no_tunnel(fakes::lab_host_state(false));
-  RuleDecider down(no_tunnel, rules(Mode::kExclude, {}));
-  s.protocol = Protocol::kUdp;
-  EXPECT_EQ(down.decide(s).kind, RouteKind::kDirect);
+  for (std::size_t i : {std::size_t{0}, std::size_t{1}, std::size_t{2}, std::size_t{3}}) {
+    std::vector<std::uint8_t> other = initiation;
+    other[i] = i == 0 ? 2 : 1;  // a response (type 2), or reserved bytes set
+    EXPECT_FALSE(is_wireguard_handshake_initiation(other)) << i;
+  }
 }
 
 }  // namespace

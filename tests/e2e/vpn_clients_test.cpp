@@ -228,6 +228,15 @@ TEST_P(VpnClients, KillSwitchHoldsWhileTheVpnIsDownAndTheVpnComesBack) {
     ASSERT_TRUE(ok.fd);
     EXPECT_EQ(read_line(ok.fd.get()).rfind("wan ", 0), 0u);
   });
+  // An unprivileged app sending what looks like a WireGuard handshake (the shape splitd
+  // lets out for VPN clients) is still held by the kill switch.
+  const auto shaped = lab->exec(
+      lab->host_ns(),
+      "setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \"import socket; "
+      "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+      "s.sendto(bytes([1, 0, 0, 0]) + bytes(144), ('198.51.100.10', 9000))\"");
+  EXPECT_EQ(shaped.exit_code, 0) << shaped.err;
+  EXPECT_TRUE(splitd->wait_for_log("uid 65534: not a VPN client")) << splitd->log();
   expect_no_leak(*lab);
   EXPECT_NE(splitd->log().find("kill switch: tunnel down"), std::string::npos) << splitd->log();
 
@@ -308,6 +317,8 @@ TEST(WgQuick, AllowRuleIsPlacedReplacedAndRemoved) {
     const std::string v6_rules = lab->exec(lab->host_ns(), "ip -6 rule").out;
     placed = lab->exec(lab->host_ns(), "nft list chain ip wg-quick-tun0 preraw").out.find("splitd") != std::string::npos &&
              lab->exec(lab->host_ns(), "nft list chain ip6 wg-quick-tun0 preraw").out.find("splitd") != std::string::npos &&
+             v4_rules.find("lookup 51820") != std::string::npos &&
+             v6_rules.find("lookup 51820") != std::string::npos &&
              v4_rules.find("lookup 1501") < v4_rules.find("lookup 51820") &&
              v6_rules.find("lookup 1501") < v6_rules.find("lookup 51820");
     if (!placed) std::this_thread::sleep_for(5ms);
@@ -319,6 +330,7 @@ TEST(WgQuick, AllowRuleIsPlacedReplacedAndRemoved) {
   // wg-quick came up after splitd, so the kernel put its rules before splitd's; splitd
   // moved its own ahead again, or intercepted packets would go into the tunnel unproxied.
   const std::string rules = lab->exec(lab->host_ns(), "ip rule").out;
+  ASSERT_NE(rules.find("lookup 51820"), std::string::npos) << rules;
   EXPECT_LT(rules.find("lookup 1501"), rules.find("lookup 51820")) << rules;
   EXPECT_EQ(splitd->terminate(), 0);
   // Nothing of splitd's is left, and wg-quick's own rules and tables are all there.
@@ -377,6 +389,11 @@ TEST(WgQuick, CleanupAfterACrashRemovesEverythingOfSplitdsOnly) {
   auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
   ASSERT_NE(lab->exec(lab->host_ns(), "nft list chain ip wg-quick-tun0 preraw").out.find("splitd"),
             std::string::npos);
+  // Not while splitd runs: its footprint is no leftover.
+  const auto refused = lab->exec(lab->host_ns(), std::string(splitd_path()) + " cleanup");
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_NE(refused.err.find("a splitd is running"), std::string::npos) << refused.err;
+  EXPECT_NE(lab->exec(lab->host_ns(), "nft list tables").out.find("splitd"), std::string::npos);
   splitd->kill_hard();
   EXPECT_NE(vpn_state(*lab).find("splitd"), std::string::npos) << "a crash leaves the footprint";
   const auto r = lab->exec(lab->host_ns(), std::string(splitd_path()) + " cleanup");
