@@ -234,7 +234,8 @@ TEST_P(VpnClients, KillSwitchHoldsWhileTheVpnIsDownAndTheVpnComesBack) {
       lab->host_ns(),
       "setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \"import socket; "
       "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-      "s.sendto(bytes([1, 0, 0, 0]) + bytes(144), ('198.51.100.10', 9000))\"");
+      "s.sendto(bytes([1, 0, 0, 0]) + bytes(144), ('198.51.100.10', 9000)); "
+      "import time; time.sleep(1)\"");  // the socket stays open while splitd asks who owns it
   EXPECT_EQ(shaped.exit_code, 0) << shaped.err;
   EXPECT_TRUE(splitd->wait_for_log("uid 65534: not a VPN client")) << splitd->log();
   expect_no_leak(*lab);
