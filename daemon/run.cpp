@@ -120,10 +120,11 @@ class RpFilterGuard {
 };
 
 // The servers of VPN clients that do not mark their sockets, learned from their host
-// routes (InterfaceSnapshot::vpn_servers) while a tunnel interface exists, on the interface
-// cache's thread, and applied to the firewall by the main loop. A server once seen stays known while splitd runs: a
-// client restarted in TLS mode talks to its server before it puts its host route back,
-// and the kill switch would otherwise refuse that handshake.
+// routes (InterfaceSnapshot::vpn_servers) while a tunnel interface exists, on the
+// interface cache's thread, and applied to the firewall by the main loop. A server once
+// seen stays known while splitd runs: a client restarted in TLS mode talks to its server
+// before it puts its host route back, and the kill switch would otherwise refuse that
+// handshake. Thread-safe (one mutex).
 class VpnServers {
  public:
   // Cache thread. Returns true when a server was learned (the main loop must apply it).
