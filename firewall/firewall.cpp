@@ -119,8 +119,7 @@ Expected<std::uint32_t, FirewallError> Firewall::rule_priority_for(const Firewal
 Expected<void, FirewallError> Firewall::install(const FirewallConfig& requested) {
   if (auto v = validate(requested); !v) return v;
   FirewallConfig config = requested;
-  if (impl_->priority != 0 && impl_->priority != requested.rule_priority &&
-      impl_->priority > requested.rule_priority) {
+  if (impl_->priority > requested.rule_priority) {
     impl_->priority = 0;  // a config asking for an earlier place than the moved one
   }
   auto priority = rule_priority_for(config);
@@ -195,17 +194,17 @@ bool Firewall::intact(const FirewallConfig& config) const {
   if (!installed()) return false;
   for (int family : {AF_INET, AF_INET6}) {
     if (family == AF_INET6 && !config.ipv6) continue;
-    auto rules = impl_->routing.rules(family);
+    // One dump of every rule: splitd's must be there, and no other program's before it.
+    auto rules = impl_->routing.all_rules(family);
     auto routes = impl_->routing.routes(family);
     if (!rules || !routes) return false;
     const std::uint32_t priority = impl_->priority != 0 ? impl_->priority : config.rule_priority;
     const bool has_rule = std::any_of(rules->begin(), rules->end(), [&](const PolicyRule& r) {
-      return r.fwmark == config.mark && r.table == config.route_table && r.priority == priority;
+      return r.protocol == kRouteProtocol && r.fwmark == config.mark &&
+             r.table == config.route_table && r.priority == priority;
     });
-    // ...and no other program's rule goes before it.
-    auto all = impl_->routing.all_rules(family);
     std::uint32_t first = 0;
-    if (!all || foreign_rule_first(*all, priority, &first)) return false;
+    if (foreign_rule_first(*rules, priority, &first)) return false;
     const bool has_route = std::any_of(routes->begin(), routes->end(), [&](const PolicyRoute& r) {
       return r.table == config.route_table && r.dst_len == 0;
     });
