@@ -17,6 +17,8 @@ PACKAGES=(
   openvpn wireguard-go wireguard-tools iptables util-linux
   # tests and benches
   python3 jq
+  # promtool (checks /metrics); the package's service is not started
+  prometheus
 )
 
 if [[ $(id -u) -ne 0 ]]; then

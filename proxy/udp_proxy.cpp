@@ -22,7 +22,7 @@
 
 #include "common/fd.hpp"
 #include "common/log.hpp"
-#include "proxy/asio.hpp"
+#include "common/asio.hpp"
 
 namespace splitd::proxy {
 
