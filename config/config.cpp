@@ -10,6 +10,8 @@
 #include <sstream>
 
 #define TOML_EXCEPTIONS 0
+#include <sys/stat.h>
+
 #include <toml++/toml.h>
 
 namespace splitd::config {
@@ -188,6 +190,22 @@ std::string check_interface(const std::string& name) {
   return "";
 }
 
+std::string check_comm(const std::string& s) {
+  return s.empty() || s.size() > 15
+             ? "'" + s + "' is not a process name (1 to 15 characters, as in /proc/PID/comm)"
+             : "";
+}
+
+std::string check_app_name(const std::string& s) {
+  if (s.empty() || s.size() > 64) return "'" + s + "' is not an app rule name (1 to 64 characters)";
+  for (char c : s) {
+    if (c == '/' || static_cast<unsigned char>(c) < 0x20) {
+      return "'" + s + "': an app rule name has no '/' or control characters";
+    }
+  }
+  return "";
+}
+
 std::string check_absolute_path(const std::string& path) {
   return !path.empty() && path.front() == '/' ? "" : "'" + path + "' must be an absolute path";
 }
@@ -344,11 +362,9 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
       const auto& t = *a->get(i)->as_table();
       AppRule app;
       const std::string where = key + "[" + std::to_string(i) + "]";
-      p.table(t, where, {{"name", p.string(app.name)},
+      p.table(t, where, {{"name", p.string(app.name, check_app_name)},
                          {"cgroup", p.string(app.cgroup)},
-                         {"comm", p.string(app.comm, [](const std::string& s) {
-                            return s.empty() || s.size() > 15 ? "'" + s + "' is not a process name (1 to 15 characters, as in /proc/PID/comm)" : "";
-                          })},
+                         {"comm", p.string(app.comm, check_comm)},
                          {"path", p.string(app.path, check_absolute_path)}});
       if (app.name.empty() && !t.contains("name")) p.error(t.source(), where + ": 'name' is required");
       if (app.cgroup.empty() && app.comm.empty() && app.path.empty() &&
@@ -390,16 +406,24 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
     p.error(at("firewall.bypass_mark"), "firewall.bypass_mark: must differ from firewall.mark (" +
                                             std::to_string(c.firewall.mark) + ")");
   }
-  if (c.firewall.route_table >= 253 && c.firewall.route_table <= 255) {
+  // 252 (compat) to 255 are the kernel's own tables, refused by the firewall at run time.
+  if (c.firewall.route_table >= 252 && c.firewall.route_table <= 255) {
     p.error(at("firewall.route_table"),
             "firewall.route_table: " + std::to_string(c.firewall.route_table) +
-                " is a system table (default, main, local); pick another");
+                " is a system table (compat, default, main, local); pick another, e.g. 1501");
   }
   if (!p.ok()) return unexpected(p.take());
   return c;
 }
 
 Expected<Config, Diagnostics> load_file(const std::string& path) {
+  // A directory opens as a stream that reads nothing, which would parse as an empty
+  // (valid) config.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    return unexpected(Diagnostics{{path, 0, 0, S_ISDIR(st.st_mode) ? "cannot read: is a directory, not a config file"
+                                                                   : "cannot read: not a regular file"}});
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return unexpected(Diagnostics{{path, 0, 0, std::string("cannot read: ") + std::strerror(errno)}});
@@ -407,6 +431,38 @@ Expected<Config, Diagnostics> load_file(const std::string& path) {
   std::ostringstream text;
   text << in.rdbuf();
   return parse(text.str(), path);
+}
+
+Expected<std::string, std::string> check_domain_pattern(const std::string& text) {
+  std::string why;
+  if (auto p = domain_pattern(text, why)) return *p;
+  return unexpected(why);
+}
+
+Expected<Cidr, std::string> check_cidr(const std::string& text) {
+  std::string why;
+  if (auto c = Cidr::parse(text, &why)) return *c;
+  return unexpected(why);
+}
+
+Expected<AppRule, std::string> check_app(const AppRule& app) {
+  if (auto why = check_app_name(app.name); !why.empty()) return unexpected("name: " + why);
+  if (app.cgroup.empty() && app.comm.empty() && app.path.empty()) {
+    return unexpected(std::string("give at least one of 'cgroup', 'comm', 'path'"));
+  }
+  if (!app.comm.empty()) {
+    if (auto why = check_comm(app.comm); !why.empty()) return unexpected("comm: " + why);
+  }
+  if (!app.path.empty()) {
+    if (auto why = check_absolute_path(app.path); !why.empty()) return unexpected("path: " + why);
+  }
+  return app;
+}
+
+Expected<decider::Mode, std::string> parse_mode(const std::string& text) {
+  if (text == "exclude") return decider::Mode::kExclude;
+  if (text == "include") return decider::Mode::kInclude;
+  return unexpected("'" + text + "' is not one of \"exclude\", \"include\"");
 }
 
 std::string summary(const Config& c) {

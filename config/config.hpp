@@ -108,6 +108,14 @@ Expected<Config, Diagnostics> load_file(const std::string& path);
 std::optional<Duration> parse_duration(std::string_view text);
 std::string format_duration(Duration d);
 
+// The checks the config file and the REST API share, so both give the same message for
+// the same mistake. Each returns the normalised value or a message without a location.
+Expected<std::string, std::string> check_domain_pattern(const std::string& text);  // lower case, no trailing dot
+Expected<Cidr, std::string> check_cidr(const std::string& text);
+// An app rule: a name (1 to 64 characters) and at least one of cgroup, comm, path.
+Expected<AppRule, std::string> check_app(const AppRule& app);
+Expected<decider::Mode, std::string> parse_mode(const std::string& text);
+
 // One line: what the config does, for `splitd check` and the startup log.
 std::string summary(const Config& config);
 

@@ -127,7 +127,9 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[split]\ndomains = [\"bücher.de\"]\n", 2, 12, "split.domains[0]: 'bücher.de' has a character that is not allowed in a domain ('\xc3'); write IDNs in punycode (xn--…)"},
         Bad{"[firewall]\nmark = 0\n", 2, 8, "firewall.mark: 0 is out of range (0x1 to 0xffffffff)"},
         Bad{"[firewall]\nmark = 5\nbypass_mark = 5\n", 3, 15, "firewall.bypass_mark: must differ from firewall.mark (5)"},
-        Bad{"[firewall]\nroute_table = 254\n", 2, 15, "firewall.route_table: 254 is a system table (default, main, local); pick another"},
+        Bad{"[firewall]\nroute_table = 254\n", 2, 15, "firewall.route_table: 254 is a system table (compat, default, main, local); pick another, e.g. 1501"},
+        Bad{"[firewall]\nroute_table = 252\n", 2, 15, "firewall.route_table: 252 is a system table (compat, default, main, local); pick another, e.g. 1501"},
+        Bad{"[[split.apps]]\nname = \"a/b\"\ncomm = \"x\"\n", 2, 8, "split.apps[0].name: 'a/b': an app rule name has no '/' or control characters"},
         Bad{"[firewall]\non_tunnel_down = \"allow\"\n", 2, 18, "firewall.on_tunnel_down: 'allow' is not one of \"block\", \"direct\""},
         Bad{"[firewall]\nipv6 = \"yes\"\n", 2, 8, "firewall.ipv6: expected true or false, got a string"},
         Bad{"[interfaces]\nphysical = \"eth0/1\"\n", 2, 12, "interfaces.physical: 'eth0/1' is not an interface name (no '/', ':' or spaces)"},
@@ -177,6 +179,26 @@ TEST(Config, LoadFileErrors) {
   EXPECT_EQ(ok->split.mode, decider::Mode::kInclude);
   EXPECT_EQ(ok->source, path);
   std::remove(path.c_str());
+  // A directory opens as an empty stream: it must not pass as an empty, valid config.
+  auto dir = load_file("/etc");
+  ASSERT_FALSE(dir.has_value());
+  EXPECT_EQ(dir.error().front().to_string(), "/etc:0:0: error: cannot read: is a directory, not a config file");
+}
+
+// The API checks rule values with the same functions, so the messages match the file's.
+TEST(Config, SharedChecksGiveTheFilesMessages) {
+  EXPECT_EQ(check_cidr("10.0.0.0/33").error(), "prefix length 33 exceeds 32");
+  EXPECT_EQ(check_cidr("10.1.2.3/8")->to_string(), Cidr::parse("10.1.2.3/8")->to_string());
+  EXPECT_EQ(check_domain_pattern("ex*ample.com").error(), "'ex*ample.com': '*' must be a whole label, as in \"*.example.com\"");
+  EXPECT_EQ(*check_domain_pattern("*.Example.COM."), "*.example.com");
+  EXPECT_EQ(parse_mode("inclusive").error(), "'inclusive' is not one of \"exclude\", \"include\"");
+  EXPECT_EQ(*parse_mode("include"), decider::Mode::kInclude);
+  EXPECT_EQ(check_app({"x", "", "", ""}).error(), "give at least one of 'cgroup', 'comm', 'path'");
+  EXPECT_EQ(check_app({"", "", "slack", ""}).error(), "name: '' is not an app rule name (1 to 64 characters)");
+  EXPECT_EQ(check_app({"s", "", "averyveryverylongname", ""}).error(),
+            "comm: 'averyveryverylongname' is not a process name (1 to 15 characters, as in /proc/PID/comm)");
+  EXPECT_EQ(check_app({"s", "", "", "usr/bin/x"}).error(), "path: 'usr/bin/x' must be an absolute path");
+  EXPECT_TRUE(check_app({"Slack", "", "slack", "/usr/bin/slack"}).has_value());
 }
 
 }  // namespace
