@@ -345,6 +345,7 @@ int run(const std::string& path, bool path_given) {
 
   decider::RuleDecider decider(**cache, rules_of(*cfg));
   proxy::SessionTable sessions;
+  const proxy::Classifier classifier(decider);
   proxy::TcpProxyOptions popts;
   popts.port = cfg->proxy.port;
   popts.bypass_mark = cfg->firewall.bypass_mark;
@@ -352,7 +353,7 @@ int run(const std::string& path, bool path_given) {
   popts.connect_timeout = cfg->proxy.connect_timeout;
   popts.idle_timeout = cfg->proxy.idle_timeout;
   popts.ipv6 = cfg->firewall.ipv6;
-  proxy::TcpProxy tcp(popts, decider, sessions);
+  proxy::TcpProxy tcp(popts, classifier, sessions);
   // Listeners first: the rules must never steer flows to a port nobody listens on.
   if (auto r = tcp.start(); !r) {
     log::error("tcp proxy: ", r.error());
@@ -364,7 +365,7 @@ int run(const std::string& path, bool path_given) {
   uopts.max_sessions = cfg->proxy.max_sessions;
   uopts.idle_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg->proxy.udp_idle_timeout);
   uopts.ipv6 = cfg->firewall.ipv6;
-  proxy::UdpProxy udp(uopts, decider, sessions);
+  proxy::UdpProxy udp(uopts, classifier, sessions);
   if (auto r = udp.start(); !r) {
     log::error("udp proxy: ", r.error());
     tcp.stop();

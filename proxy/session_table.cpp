@@ -13,6 +13,35 @@ std::int64_t steady_ms() {
       .count();
 }
 
+const char* to_string(FailReason r) {
+  switch (r) {
+    case FailReason::kConnectTimeout: return "connect_timeout";
+    case FailReason::kConnectRefused: return "connect_refused";
+    case FailReason::kUnreachable: return "unreachable";
+    case FailReason::kConnectError: return "connect_error";
+    case FailReason::kSocket: return "socket";
+    case FailReason::kCount: break;
+  }
+  return "unknown";
+}
+
+void WorkerCounters::sum_into(decider::Protocol p, ProtocolCounters& out) const {
+  const Block& b = block(p);
+  const auto get = [&b](std::size_t slot) { return b[slot].load(std::memory_order_relaxed); };
+  out.started += get(kStarted);
+  out.ended += get(kEnded);
+  out.refused += get(kRefused);
+  out.blocked += get(kBlocked);
+  out.bytes_sent += get(kBytesSent);
+  out.bytes_received += get(kBytesReceived);
+  out.packets_sent += get(kPacketsSent);
+  out.packets_received += get(kPacketsReceived);
+  for (std::size_t r = 0; r < kRouteKinds; ++r) {
+    for (std::size_t m = 0; m < kMatchKinds; ++m) out.decisions[r][m] += get(kDecisions + r * kMatchKinds + m);
+  }
+  for (std::size_t f = 0; f < kFailReasons; ++f) out.failures[f] += get(kFailures + f);
+}
+
 std::string Endpoint::to_string() const {
   const std::string a = address.to_string();
   return address.is_v6() ? "[" + a + "]:" + std::to_string(port) : a + ":" + std::to_string(port);
@@ -43,85 +72,153 @@ socklen_t sockaddr_of(const Endpoint& ep, sockaddr_storage& ss) {
   return sizeof a;
 }
 
+bool SessionOwner::kill(std::uint64_t id) {
+  std::lock_guard lock(mu_);
+  if (!post_) return false;
+  post_(id);
+  return true;
+}
+
+void SessionOwner::detach() {
+  std::lock_guard lock(mu_);
+  post_ = nullptr;
+}
+
 void Session::touch() { last_activity_ms.store(steady_ms(), std::memory_order_relaxed); }
 
-std::shared_ptr<Session> SessionTable::add(decider::Protocol protocol, const Endpoint& client,
-                                           const Endpoint& destination,
-                                           const decider::Route& route,
-                                           std::function<void(std::uint64_t id)> kill) {
+namespace {
+void bump(std::atomic<std::uint64_t>& c, std::uint64_t n) {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+}  // namespace
+
+void Session::add_sent(std::uint64_t bytes, std::uint64_t packets) {
+  bump(bytes_sent, bytes);
+  counters->add(protocol, WorkerCounters::kBytesSent, bytes);
+  if (packets != 0) {
+    bump(packets_sent, packets);
+    counters->add(protocol, WorkerCounters::kPacketsSent, packets);
+  }
+}
+
+void Session::add_received(std::uint64_t bytes, std::uint64_t packets) {
+  bump(bytes_received, bytes);
+  counters->add(protocol, WorkerCounters::kBytesReceived, bytes);
+  if (packets != 0) {
+    bump(packets_received, packets);
+    counters->add(protocol, WorkerCounters::kPacketsReceived, packets);
+  }
+}
+
+void Session::set_packets(std::uint64_t sent, std::uint64_t received) {
+  const std::uint64_t old_sent = packets_sent.load(std::memory_order_relaxed);
+  const std::uint64_t old_received = packets_received.load(std::memory_order_relaxed);
+  if (sent > old_sent) counters->add(protocol, WorkerCounters::kPacketsSent, sent - old_sent);
+  if (received > old_received) counters->add(protocol, WorkerCounters::kPacketsReceived, received - old_received);
+  packets_sent.store(std::max(sent, old_sent), std::memory_order_relaxed);
+  packets_received.store(std::max(received, old_received), std::memory_order_relaxed);
+}
+
+WorkerCounters& SessionTable::register_worker() {
+  std::lock_guard lock(workers_mu_);
+  workers_.push_back(std::make_unique<WorkerCounters>());
+  return *workers_.back();
+}
+
+std::shared_ptr<Session> SessionTable::add(SessionSpec spec, WorkerCounters& counters,
+                                           std::shared_ptr<SessionOwner> owner) {
   auto s = std::make_shared<Session>();
+  static_cast<SessionSpec&>(*s) = std::move(spec);
   s->id = next_id_.fetch_add(1, std::memory_order_relaxed);
-  s->kill = std::move(kill);
-  s->protocol = protocol;
-  s->client = client;
-  s->destination = destination;
-  s->route = route;
+  s->counters = &counters;
+  s->owner = std::move(owner);
   s->started_at = std::chrono::system_clock::now();
   s->touch();
-  total_.fetch_add(1, std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
-  live_.emplace(s->id, s);
+  counters.add(s->protocol, WorkerCounters::kStarted);
+  counters.decision(s->protocol, s->route.kind, s->route.matched);
+  if (s->route.kind == decider::RouteKind::kBlock) counters.add(s->protocol, WorkerCounters::kBlocked);
+  Shard& sh = shard(s->id);
+  std::lock_guard lock(sh.mu);
+  sh.live.emplace(s->id, s);
+  if (s->protocol == decider::Protocol::kTcp) ++sh.tcp;
   return s;
 }
 
 void SessionTable::remove(const Session& session) {
-  // Under the lock, so totals() never counts a session twice or not at all.
-  std::lock_guard lock(mu_);
-  finished_sent_.fetch_add(session.bytes_sent.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  finished_received_.fetch_add(session.bytes_received.load(std::memory_order_relaxed),
-                               std::memory_order_relaxed);
-  live_.erase(session.id);
+  {
+    Shard& sh = shard(session.id);
+    std::lock_guard lock(sh.mu);
+    if (sh.live.erase(session.id) != 0 && session.protocol == decider::Protocol::kTcp) --sh.tcp;
+  }
+  session.counters->add(session.protocol, WorkerCounters::kEnded);
 }
 
 std::vector<SessionView> SessionTable::list() const {
+  // Copies of the pointers, one shard's lock at a time; the views are made outside.
   std::vector<std::shared_ptr<Session>> live;
-  {
-    std::lock_guard lock(mu_);
-    live.reserve(live_.size());
-    for (const auto& [id, s] : live_) live.push_back(s);
+  for (const Shard& sh : shards_) {
+    std::lock_guard lock(sh.mu);
+    live.reserve(live.size() + sh.live.size());
+    for (const auto& [id, s] : sh.live) live.push_back(s);
   }
   const std::int64_t now = steady_ms();
   std::vector<SessionView> out;
   out.reserve(live.size());
   for (const auto& s : live) {
-    out.push_back({s->id, s->protocol, s->client, s->destination, s->route, s->started_at,
-                   s->bytes_sent.load(std::memory_order_relaxed),
-                   s->bytes_received.load(std::memory_order_relaxed),
-                   s->packets_sent.load(std::memory_order_relaxed),
-                   s->packets_received.load(std::memory_order_relaxed),
-                   std::chrono::milliseconds(now - s->last_activity_ms.load(std::memory_order_relaxed))});
+    SessionView& v = out.emplace_back();
+    static_cast<SessionSpec&>(v) = *s;
+    v.id = s->id;
+    v.started_at = s->started_at;
+    v.bytes_sent = s->bytes_sent.load(std::memory_order_relaxed);
+    v.bytes_received = s->bytes_received.load(std::memory_order_relaxed);
+    v.packets_sent = s->packets_sent.load(std::memory_order_relaxed);
+    v.packets_received = s->packets_received.load(std::memory_order_relaxed);
+    v.idle = std::chrono::milliseconds(now - s->last_activity_ms.load(std::memory_order_relaxed));
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
   return out;
 }
 
 bool SessionTable::kill(std::uint64_t id) {
-  std::shared_ptr<Session> s;
+  std::shared_ptr<SessionOwner> owner;
   {
-    std::lock_guard lock(mu_);
-    auto it = live_.find(id);
-    if (it == live_.end()) return false;
-    s = it->second;
+    const Shard& sh = shard(id);
+    std::lock_guard lock(sh.mu);
+    auto it = sh.live.find(id);
+    if (it == sh.live.end()) return false;
+    owner = it->second->owner;
   }
-  if (!s->kill) return false;
-  s->kill(id);
-  return true;
+  // Outside the shard lock: the owner's lock is held while posting, never both at once.
+  return owner && owner->kill(id);
+}
+
+CounterTotals SessionTable::counters() const {
+  CounterTotals t;
+  {
+    std::lock_guard lock(workers_mu_);
+    for (const auto& w : workers_) {
+      w->sum_into(decider::Protocol::kTcp, t.tcp);
+      w->sum_into(decider::Protocol::kUdp, t.udp);
+    }
+  }
+  for (const Shard& sh : shards_) {
+    std::lock_guard lock(sh.mu);
+    t.active_tcp += sh.tcp;
+    t.active_udp += sh.live.size() - sh.tcp;
+  }
+  return t;
 }
 
 SessionTotals SessionTable::totals() const {
+  const CounterTotals c = counters();
   SessionTotals t;
-  t.total = total_.load(std::memory_order_relaxed);
-  t.refused = refused_.load(std::memory_order_relaxed);
-  t.blocked = blocked_.load(std::memory_order_relaxed);
-  t.failed = failed_.load(std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
-  t.bytes_sent = finished_sent_.load(std::memory_order_relaxed);
-  t.bytes_received = finished_received_.load(std::memory_order_relaxed);
-  t.active = live_.size();
-  for (const auto& [id, s] : live_) {
-    t.bytes_sent += s->bytes_sent.load(std::memory_order_relaxed);
-    t.bytes_received += s->bytes_received.load(std::memory_order_relaxed);
-  }
+  t.active = c.active_tcp + c.active_udp;
+  t.total = c.tcp.started + c.udp.started;
+  t.refused = c.tcp.refused + c.udp.refused;
+  t.blocked = c.tcp.blocked + c.udp.blocked;
+  t.failed = c.tcp.failed() + c.udp.failed();
+  t.bytes_sent = c.tcp.bytes_sent + c.udp.bytes_sent;
+  t.bytes_received = c.tcp.bytes_received + c.udp.bytes_received;
   return t;
 }
 

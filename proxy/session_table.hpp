@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -14,6 +15,7 @@
 
 #include "common/ip_address.hpp"
 #include "decider/decider.hpp"
+#include "proxy/counters.hpp"
 
 namespace splitd::proxy {
 
@@ -28,36 +30,69 @@ struct Endpoint {
 Endpoint endpoint_of(const sockaddr_storage& ss);
 socklen_t sockaddr_of(const Endpoint& ep, sockaddr_storage& ss);
 
-// One live flow. Its worker writes the counters; any thread may read them (relaxed
-// atomics: figures for people, not for synchronisation).
-struct Session {
-  std::uint64_t id = 0;
+// The app behind a flow, where known (pid 0 and empty strings when not).
+struct AppInfo {
+  std::int32_t pid = 0;
+  std::string comm;
+  std::string exe;
+  std::string cgroup;
+  bool known() const { return pid != 0 || !cgroup.empty(); }
+};
+
+// The handle through which other threads end a worker's flows. A worker owns one for its
+// lifetime and every session it starts holds it: kill() reaches the worker only while the
+// worker is attached, and detach() (called by the worker before it goes away) waits for
+// a kill in progress, so no kill ever calls into a worker that is gone. Thread-safe.
+class SessionOwner {
+ public:
+  // `post` queues the kill of a session id on the worker and wakes it; it must not block
+  // and is called under the handle's lock.
+  explicit SessionOwner(std::function<void(std::uint64_t id)> post) : post_(std::move(post)) {}
+  bool kill(std::uint64_t id);
+  void detach();
+
+ private:
+  std::mutex mu_;
+  std::function<void(std::uint64_t id)> post_;  // empty once detached
+};
+
+// What a new session is, as its worker classified it.
+struct SessionSpec {
   decider::Protocol protocol = decider::Protocol::kTcp;
   Endpoint client;
   Endpoint destination;
   decider::Route route;
+  AppInfo app;
+  std::string domain;  // the name the flow was routed by; "" when none was known
+};
+
+// One live flow. Its worker writes the counters (and its WorkerCounters with them); any
+// thread may read them (relaxed atomics: figures for people, not for synchronisation).
+struct Session : SessionSpec {
+  std::uint64_t id = 0;
   std::chrono::system_clock::time_point started_at;
   std::atomic<std::uint64_t> bytes_sent{0};  // app → remote
   std::atomic<std::uint64_t> bytes_received{0};
   std::atomic<std::uint64_t> packets_sent{0};
   std::atomic<std::uint64_t> packets_received{0};
   std::atomic<std::int64_t> last_activity_ms{0};  // steady clock, ms
-  // Asks the owning worker to end the flow with this id (may be empty). Called with the
-  // session's id, so a hook needs no per-session capture.
-  std::function<void(std::uint64_t id)> kill;
+  WorkerCounters* counters = nullptr;             // the owning worker's
+  std::shared_ptr<SessionOwner> owner;            // may be null: cannot be killed
 
   void touch();
+  // Single writer (the worker): load + store, no locked instruction.
+  void add_sent(std::uint64_t bytes, std::uint64_t packets = 0);
+  void add_received(std::uint64_t bytes, std::uint64_t packets = 0);
+  // Packet counts read from the kernel (TCP_INFO) as running totals.
+  void set_packets(std::uint64_t sent, std::uint64_t received);
 };
 
 // A copy of a session's state for listing.
-struct SessionView {
-  std::uint64_t id;
-  decider::Protocol protocol;
-  Endpoint client, destination;
-  decider::Route route;
+struct SessionView : SessionSpec {
+  std::uint64_t id = 0;
   std::chrono::system_clock::time_point started_at;
-  std::uint64_t bytes_sent, bytes_received, packets_sent, packets_received;
-  std::chrono::milliseconds idle;
+  std::uint64_t bytes_sent = 0, bytes_received = 0, packets_sent = 0, packets_received = 0;
+  std::chrono::milliseconds idle{0};
 };
 
 struct SessionTotals {
@@ -70,30 +105,49 @@ struct SessionTotals {
   std::uint64_t bytes_received = 0;
 };
 
-// All live sessions of all workers. The mutex is taken once when a session starts and
-// once when it ends, and by readers; never per packet. Thread-safe.
+// The counters of every worker, summed, and the live sessions per protocol.
+struct CounterTotals {
+  ProtocolCounters tcp, udp;
+  std::uint64_t active_tcp = 0, active_udp = 0;
+};
+
+// All live sessions of all workers, in shards by id so that a listing holds one shard's
+// lock at a time (starts and ends on the workers wait for at most that). Per-worker
+// counters make totals() lock-free. Nothing here is touched per packet. Thread-safe.
 class SessionTable {
  public:
-  // `kill` is set before the session is visible to other threads.
-  std::shared_ptr<Session> add(decider::Protocol protocol, const Endpoint& client,
-                               const Endpoint& destination, const decider::Route& route,
-                               std::function<void(std::uint64_t id)> kill = {});
+  SessionTable() = default;
+  SessionTable(const SessionTable&) = delete;
+  SessionTable& operator=(const SessionTable&) = delete;
+
+  // A worker's counters, alive as long as the table. Called when a worker is created.
+  WorkerCounters& register_worker();
+
+  // Counts the start and the decision; `owner` (may be null) is in place before the
+  // session is visible to other threads.
+  std::shared_ptr<Session> add(SessionSpec spec, WorkerCounters& counters,
+                               std::shared_ptr<SessionOwner> owner);
   void remove(const Session& session);
 
-  std::vector<SessionView> list() const;
+  std::vector<SessionView> list() const;  // sorted by id
+  // Asks the session's worker to end it; false when the id is unknown or unkillable.
   bool kill(std::uint64_t id);
   SessionTotals totals() const;
-
-  void count_refused() { refused_.fetch_add(1, std::memory_order_relaxed); }
-  void count_blocked() { blocked_.fetch_add(1, std::memory_order_relaxed); }
-  void count_failed() { failed_.fetch_add(1, std::memory_order_relaxed); }
+  CounterTotals counters() const;
 
  private:
-  mutable std::mutex mu_;
-  std::unordered_map<std::uint64_t, std::shared_ptr<Session>> live_;
+  static constexpr std::size_t kShards = 16;
+  struct alignas(64) Shard {
+    mutable std::mutex mu;
+    std::unordered_map<std::uint64_t, std::shared_ptr<Session>> live;
+    std::size_t tcp = 0;  // of `live`, so counting needs no walk
+  };
+  Shard& shard(std::uint64_t id) { return shards_[id % kShards]; }
+
+  std::array<Shard, kShards> shards_;
   std::atomic<std::uint64_t> next_id_{1};
-  std::atomic<std::uint64_t> total_{0}, refused_{0}, blocked_{0}, failed_{0};
-  std::atomic<std::uint64_t> finished_sent_{0}, finished_received_{0};
+  mutable std::mutex workers_mu_;
+  std::vector<std::unique_ptr<WorkerCounters>> workers_;
 };
 
 std::int64_t steady_ms();

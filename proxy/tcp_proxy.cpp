@@ -124,6 +124,18 @@ class FlowList {
   Flow* tail_ = nullptr;
 };
 
+FailReason connect_failure(int err) {
+  switch (err) {
+    case ECONNREFUSED: return FailReason::kConnectRefused;
+    case ETIMEDOUT: return FailReason::kConnectTimeout;
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case EHOSTDOWN:
+    case ENETDOWN: return FailReason::kUnreachable;
+    default: return FailReason::kConnectError;
+  }
+}
+
 }  // namespace
 
 // One thread, one epoll instance, its own SO_REUSEPORT listeners; a flow lives entirely
@@ -131,24 +143,21 @@ class FlowList {
 // directions; nothing is allocated per event.
 class TcpProxy::Worker {
  public:
-  // Lets Session::kill reach this worker while it exists, and do nothing afterwards.
+  // Kills queued by other threads (through owner_) for the loop to take.
   struct Mailbox {
     std::mutex mu;
-    Worker* worker = nullptr;
     std::vector<std::uint64_t> kills;
   };
 
-  Worker(TcpProxy& proxy, unsigned index) : proxy_(proxy), index_(index) {}
+  Worker(TcpProxy& proxy, unsigned index)
+      : proxy_(proxy), index_(index), counters_(proxy.sessions_.register_worker()) {}
 
   ~Worker() {
     if (thread_.joinable()) {
       request_stop();
       thread_.join();
     }
-    {
-      std::lock_guard lock(mailbox_->mu);
-      mailbox_->worker = nullptr;
-    }
+    owner_->detach();
     close_all("shutdown");  // only if the loop never ran
     for (auto& p : pipes_) p.close();
   }
@@ -172,10 +181,15 @@ class TcpProxy::Worker {
   }
 
   void start() {
-    {
-      std::lock_guard lock(mailbox_->mu);
-      mailbox_->worker = this;
-    }
+    // Sessions hold owner_; it reaches this worker until detach() (join or destruction),
+    // and a kill that races the detach either finishes first or finds it detached.
+    owner_ = std::make_shared<SessionOwner>([this](std::uint64_t id) {
+      {
+        std::lock_guard lock(mailbox_.mu);
+        mailbox_.kills.push_back(id);
+      }
+      wake();
+    });
     thread_ = std::thread([this] {
       pin();
       loop();
@@ -193,8 +207,7 @@ class TcpProxy::Worker {
   // The loop resets every flow as soon as it sees the request, so this returns at once.
   void join() {
     if (thread_.joinable()) thread_.join();
-    std::lock_guard lock(mailbox_->mu);
-    mailbox_->worker = nullptr;  // kill hooks of sessions that outlive us become no-ops
+    owner_->detach();  // kills of sessions that outlive us become no-ops
   }
 
  private:
@@ -386,38 +399,23 @@ class TcpProxy::Worker {
     // The count is taken before anything else so max_sessions holds under a burst.
     if (proxy_.active_.fetch_add(1, std::memory_order_relaxed) >= opts.max_sessions) {
       proxy_.active_.fetch_sub(1, std::memory_order_relaxed);
-      table.count_refused();
+      counters_.add(decider::Protocol::kTcp, WorkerCounters::kRefused);
       log::warn("tcp ", peer.to_string(), " -> ", local.to_string(), ": refused, max_sessions (",
                 opts.max_sessions, ") reached");
       reset_fd(fd);
       return;
     }
 
-    decider::SessionInfo info;
-    info.protocol = decider::Protocol::kTcp;
-    info.src = peer.address;
-    info.src_port = peer.port;
-    info.dst = local.address;
-    info.dst_port = local.port;
-    const decider::Route route = proxy_.decider_.decide(info);
-
     auto* f = new Flow;
     f->fd[kClient] = fd;
-    // The kill hook is in place before the session is visible to other threads; it
-    // reaches this worker only while the worker exists (see Mailbox).
-    f->session = table.add(decider::Protocol::kTcp, peer, local, route, [mailbox = mailbox_](std::uint64_t id) {
-      std::lock_guard lock(mailbox->mu);
-      if (Worker* w = mailbox->worker) {
-        mailbox->kills.push_back(id);
-        w->wake();
-      }
-    });
+    f->session = table.add(proxy_.classifier_.classify({decider::Protocol::kTcp, peer, local, {}}), counters_,
+                           owner_);
+    const decider::Route& route = f->session->route;
     f->deadline_ms = now_ + opts.connect_timeout.count();
     f->packets_ms = now_;  // first TCP_INFO after kPacketsEveryMs: short flows need none
     connecting_.push_back(f);
 
     if (route.kind == decider::RouteKind::kBlock) {
-      table.count_blocked();
       end(f, End::kReset, "blocked");
       return;
     }
@@ -465,7 +463,7 @@ class TcpProxy::Worker {
     const decider::Route& route = s.route;
     const auto& opts = proxy_.options_;
     const auto fail = [&](const std::string& why) {
-      proxy_.sessions_.count_failed();
+      counters_.failure(decider::Protocol::kTcp, FailReason::kSocket);
       end(f, End::kReset, why);
     };
     if (!route.source) return fail("interface " + route.interface + " has no address for this family");
@@ -511,7 +509,11 @@ class TcpProxy::Worker {
       const int err = errno;
       // The 4-tuple is in use or in TIME_WAIT: the next port.
       ::close(std::exchange(f->fd[kUpstream], -1));
-      if (err != EADDRNOTAVAIL) return fail("connect: " + errno_text(err));
+      if (err != EADDRNOTAVAIL) {
+        counters_.failure(decider::Protocol::kTcp, connect_failure(err));
+        end(f, End::kReset, "connect: " + errno_text(err));
+        return;
+      }
     }
     log::warn("tcp #", s.id, " ", s.destination.to_string(), ": no free source port after ", kPortAttempts,
               " attempts (range ", lo, "-", hi, ")");
@@ -529,7 +531,7 @@ class TcpProxy::Worker {
       if (err == 0) err = ECONNRESET;
     }
     if (err != 0) {
-      proxy_.sessions_.count_failed();
+      counters_.failure(decider::Protocol::kTcp, connect_failure(err));
       end(f, End::kReset, "connect: " + errno_text(err));
       return;
     }
@@ -553,7 +555,11 @@ class TcpProxy::Worker {
     Direction& d = f->dir[from];
     if (d.done) return;
     const int src = f->fd[from], sink = f->fd[1 - from];
-    auto& bytes = from == kClient ? f->session->bytes_sent : f->session->bytes_received;
+    Session& session = *f->session;
+    const auto count = [&session, from](std::uint64_t n) {
+      if (from == kClient) session.add_sent(n);
+      else session.add_received(n);
+    };
     bool moved = false;
     for (int round = 0;; ++round) {
       while (d.pending > 0) {
@@ -592,7 +598,7 @@ class TcpProxy::Worker {
       const ssize_t n = ::splice(src, nullptr, d.pipe.w, nullptr, kSpliceChunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         d.pending = static_cast<std::uint32_t>(n);
-        bytes.fetch_add(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
+        count(static_cast<std::uint64_t>(n));
         moved = true;
       } else if (n == 0) {
         d.eof = true;
@@ -608,7 +614,7 @@ class TcpProxy::Worker {
         const ssize_t r = ::recv(src, buf, sizeof buf, MSG_DONTWAIT);
         if (r > 0 && ::write(d.pipe.w, buf, static_cast<std::size_t>(r)) == r) {
           d.pending = static_cast<std::uint32_t>(r);
-          bytes.fetch_add(static_cast<std::uint64_t>(r), std::memory_order_relaxed);
+          count(static_cast<std::uint64_t>(r));
           moved = true;
         } else if (r == 0) {
           d.eof = true;
@@ -646,8 +652,7 @@ class TcpProxy::Worker {
     f->packets_ms = now_;
     std::uint32_t in = 0, out = 0;
     if (f->fd[kClient] >= 0 && tcp_segments(f->fd[kClient], in, out)) {
-      f->session->packets_sent.store(in, std::memory_order_relaxed);
-      f->session->packets_received.store(out, std::memory_order_relaxed);
+      f->session->set_packets(in, out);
     }
   }
 
@@ -732,7 +737,7 @@ class TcpProxy::Worker {
   void expire() {
     while (Flow* f = connecting_.front()) {
       if (f->deadline_ms > now_) break;
-      proxy_.sessions_.count_failed();
+      counters_.failure(decider::Protocol::kTcp, FailReason::kConnectTimeout);
       end(f, End::kReset, "connect timed out");
     }
     const std::int64_t idle = proxy_.options_.idle_timeout.count();
@@ -747,8 +752,8 @@ class TcpProxy::Worker {
   void take_mail() {
     std::vector<std::uint64_t> kills;
     {
-      std::lock_guard lock(mailbox_->mu);
-      kills.swap(mailbox_->kills);
+      std::lock_guard lock(mailbox_.mu);
+      kills.swap(mailbox_.kills);
     }
     // Kills are rare (an operator's request): a walk over the flows beats an index that
     // every flow would pay for in memory.
@@ -783,13 +788,14 @@ class TcpProxy::Worker {
   std::int64_t accept_paused_until_ = 0;
   std::uint64_t rng_ = (static_cast<std::uint64_t>(std::random_device{}()) << 32) | std::random_device{}() | 1;
   std::atomic<bool> stop_{false};
-  std::shared_ptr<Mailbox> mailbox_ = std::make_shared<Mailbox>();
+  WorkerCounters& counters_;
+  Mailbox mailbox_;
+  std::shared_ptr<SessionOwner> owner_ = std::make_shared<SessionOwner>(nullptr);
   std::thread thread_;
 };
 
-TcpProxy::TcpProxy(TcpProxyOptions options, const decider::Decider& decider,
-                   SessionTable& sessions)
-    : options_(options), decider_(decider), sessions_(sessions) {}
+TcpProxy::TcpProxy(TcpProxyOptions options, const Classifier& classifier, SessionTable& sessions)
+    : options_(options), classifier_(classifier), sessions_(sessions) {}
 
 TcpProxy::~TcpProxy() { stop(); }
 

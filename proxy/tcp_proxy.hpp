@@ -9,6 +9,7 @@
 
 #include "common/expected.hpp"
 #include "decider/decider.hpp"
+#include "proxy/classifier.hpp"
 #include "proxy/session_table.hpp"
 
 namespace splitd::proxy {
@@ -36,13 +37,13 @@ std::pair<std::uint16_t, std::uint16_t> upstream_port_range(unsigned ephemeral_l
 // The transparent TCP proxy. Each worker thread runs its own epoll loop with its own
 // SO_REUSEPORT transparent listeners on 127.0.0.1:port and [::1]:port (where TPROXY
 // delivers intercepted flows); a flow lives entirely on the worker that accepted it. Per
-// flow: ask the decider once, dial the upstream bound to the route's interface and address
+// flow: classify it once (Classifier), dial the upstream bound to the route's interface and address
 // with the bypass mark, then splice both ways until both sides are done. An idle flow
 // costs one small struct and its Session (no buffer, no pipe, no timer).
 // start() and stop() are called from one controlling thread.
 class TcpProxy {
  public:
-  TcpProxy(TcpProxyOptions options, const decider::Decider& decider, SessionTable& sessions);
+  TcpProxy(TcpProxyOptions options, const Classifier& classifier, SessionTable& sessions);
   ~TcpProxy();
   TcpProxy(const TcpProxy&) = delete;
   TcpProxy& operator=(const TcpProxy&) = delete;
@@ -58,7 +59,7 @@ class TcpProxy {
 
  private:
   TcpProxyOptions options_;
-  const decider::Decider& decider_;
+  const Classifier& classifier_;
   SessionTable& sessions_;
   std::atomic<std::size_t> active_{0};
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -1,8 +1,5 @@
 #include "proxy/udp_proxy.hpp"
 
-#include "decider/vpn_carrier.hpp"
-#include "proxy/socket_owner.hpp"
-
 #include <malloc.h>
 #include <netinet/in.h>
 #include <sodium.h>
@@ -126,7 +123,10 @@ class UdpProxy::Worker {
         buf_(new char[kMaxDatagram]),
         flows_(64, hasher_),
         mappings_(64, hasher_),
-        replies_(64, hasher_) {}
+        replies_(64, hasher_),
+        counters_(proxy.sessions_.register_worker()) {}
+
+  ~Worker() { owner_->detach(); }
 
   Expected<void, std::string> listen() {
     const auto add = [this](const Endpoint& ep) -> Expected<void, std::string> {
@@ -177,6 +177,12 @@ class UdpProxy::Worker {
   }
 
   void start() {
+    // Sessions hold owner_; a kill reaches ctx_ until stop() detaches it, and a kill that
+    // races the detach either finishes its post first or finds it detached. The flow is
+    // looked up on the worker thread when the kill runs.
+    owner_ = std::make_shared<SessionOwner>([this](std::uint64_t id) {
+      asio::post(ctx_, [this, id] { kill(id); });
+    });
     for (auto& l : listeners_) asio::co_spawn(ctx_, listener_reader(l), asio::detached);
     asio::co_spawn(ctx_, epoll_loop(), asio::detached);
     asio::co_spawn(ctx_, sweeper(), asio::detached);
@@ -185,6 +191,7 @@ class UdpProxy::Worker {
 
   // Called from the controlling thread.
   void stop(std::chrono::steady_clock::time_point deadline) {
+    owner_->detach();
     asio::post(ctx_, [this] {
       stopping_ = true;
       sweep_timer_.cancel();
@@ -383,8 +390,7 @@ class UdpProxy::Worker {
     if (!f) f = new_flow(client, dst, now, n);
     if (!f) return;
     touch(flow_lru_, *f, now);
-    f->session->packets_sent.fetch_add(1, std::memory_order_relaxed);
-    f->session->bytes_sent.fetch_add(n, std::memory_order_relaxed);
+    f->session->add_sent(n, 1);
     f->session->last_activity_ms.store(now, std::memory_order_relaxed);
     if (!f->mapping) return;  // blocked
     Mapping& m = *f->mapping;
@@ -407,13 +413,17 @@ class UdpProxy::Worker {
     if (!f) {
       // A peer the client never contacted (full cone): the flow takes the mapping's
       // route, so the client's answers leave through the address the peer knows.
-      f = add_flow(client, peer, m.route, &m, now);
+      SessionSpec spec;
+      spec.protocol = decider::Protocol::kUdp;
+      spec.client = client;
+      spec.destination = peer;
+      spec.route = m.route;
+      f = add_flow(std::move(spec), &m, now);
       if (!f) return;
     }
     touch(flow_lru_, *f, now);
     touch(mapping_lru_, m, now);
-    f->session->packets_received.fetch_add(1, std::memory_order_relaxed);
-    f->session->bytes_received.fetch_add(n, std::memory_order_relaxed);
+    f->session->add_received(n, 1);
     f->session->last_activity_ms.store(now, std::memory_order_relaxed);
     Reply* r = reply_socket(peer, now);
     if (!r) return;
@@ -434,34 +444,20 @@ class UdpProxy::Worker {
 
   Flow* new_flow(const Endpoint& client, const Endpoint& dst, std::int64_t now, std::size_t n) {
     if (stopping_) return nullptr;
-    decider::SessionInfo info;
-    info.protocol = decider::Protocol::kUdp;
-    info.src = client.address;
-    info.src_port = client.port;
-    info.dst = dst.address;
-    info.dst_port = dst.port;
-    // A WireGuard handshake from a root-owned socket is a VPN client's carrier that is not
-    // marked yet (wg-quick sets the fwmark after bringing the interface up).
-    if (decider::is_wireguard_handshake_initiation({reinterpret_cast<const std::uint8_t*>(buf_.get()), n})) {
-      const auto owner = udp_socket_owner(client, dst);
-      info.vpn_carrier = owner && *owner == 0;
-      log::info("udp ", client.to_string(), " -> ", dst.to_string(), ": a WireGuard handshake from ",
-                owner ? (*owner == 0 ? std::string("root: a VPN carrier, direct")
-                                     : "uid " + std::to_string(*owner) + ": not a VPN client, the rules decide")
-                      : std::string("an unknown socket: the rules decide"));
-    }
-    const decider::Route route = proxy_.decider_.decide(info);
+    SessionSpec spec = proxy_.classifier_.classify(
+        {decider::Protocol::kUdp, client, dst, {reinterpret_cast<const std::uint8_t*>(buf_.get()), n}});
+    const decider::Route& route = spec.route;
     Mapping* m = nullptr;
     if (route.kind != decider::RouteKind::kBlock) {
       if (flows_.size() >= opts_.max_sessions) return refuse(client, dst);
       m = mapping_for(client, route, now);
       if (!m) return nullptr;
     }
-    return add_flow(client, dst, route, m, now);
+    return add_flow(std::move(spec), m, now);
   }
 
   Flow* refuse(const Endpoint& client, const Endpoint& dst) {
-    proxy_.sessions_.count_refused();
+    counters_.add(decider::Protocol::kUdp, WorkerCounters::kRefused);
     const std::int64_t now = steady_ms();
     if (now - last_refused_log_ >= 1000) {  // one line per second at most
       last_refused_log_ = now;
@@ -471,19 +467,13 @@ class UdpProxy::Worker {
     return nullptr;
   }
 
-  Flow* add_flow(const Endpoint& client, const Endpoint& dst, const decider::Route& route,
-                 Mapping* m, std::int64_t now) {
-    if (flows_.size() >= opts_.max_sessions) return refuse(client, dst);
+  Flow* add_flow(SessionSpec spec, Mapping* m, std::int64_t now) {
+    if (flows_.size() >= opts_.max_sessions) return refuse(spec.client, spec.destination);
     auto f = std::make_unique<Flow>();
-    f->key = {client, dst};
+    f->key = {spec.client, spec.destination};
     f->mapping = m;
     f->last = now;
-    f->session = proxy_.sessions_.add(decider::Protocol::kUdp, client, dst, route, [this, key = f->key](std::uint64_t) {
-      asio::post(ctx_, [this, key] {
-        if (Flow* f = find_flow(key)) evict_flow(*f, "killed");
-      });
-    });
-    if (route.kind == decider::RouteKind::kBlock) proxy_.sessions_.count_blocked();
+    f->session = proxy_.sessions_.add(std::move(spec), counters_, owner_);
     if (m) ++m->flows;
     flow_lru_.push_front(f.get());
     f->lru = flow_lru_.begin();
@@ -491,6 +481,17 @@ class UdpProxy::Worker {
     flows_.emplace(raw->key, std::move(f));
     proxy_.flows_.store(flows_.size(), std::memory_order_relaxed);
     return raw;
+  }
+
+  // Kills are rare (an operator's request): a walk over the flows beats an index that
+  // every flow would pay for in memory.
+  void kill(std::uint64_t id) {
+    for (Flow* f : flow_lru_) {
+      if (f->session->id == id) {
+        evict_flow(*f, "killed");
+        return;
+      }
+    }
   }
 
   void evict_flow(Flow& f, const char* how) {
@@ -519,7 +520,7 @@ class UdpProxy::Worker {
     m->route = route;
     m->last = now;
     if (auto r = open_upstream(*m); !r) {
-      proxy_.sessions_.count_failed();
+      counters_.failure(decider::Protocol::kUdp, FailReason::kSocket);
       log::debug("udp ", client.to_string(), " via ", route.interface, ": ", r.error());
       return nullptr;
     }
@@ -679,14 +680,16 @@ class UdpProxy::Worker {
   std::list<Flow*> flow_lru_;  // most recently used first
   std::list<Mapping*> mapping_lru_;
   std::list<Reply*> reply_lru_;
+  WorkerCounters& counters_;
+  std::shared_ptr<SessionOwner> owner_ = std::make_shared<SessionOwner>(nullptr);
   std::int64_t last_refused_log_ = 0;
   std::size_t freed_since_trim_ = 0;
   bool stopping_ = false;
   std::thread thread_;
 };
 
-UdpProxy::UdpProxy(UdpProxyOptions options, const decider::Decider& decider, SessionTable& sessions)
-    : options_(options), decider_(decider), sessions_(sessions) {}
+UdpProxy::UdpProxy(UdpProxyOptions options, const Classifier& classifier, SessionTable& sessions)
+    : options_(options), classifier_(classifier), sessions_(sessions) {}
 
 UdpProxy::~UdpProxy() { stop(); }
 

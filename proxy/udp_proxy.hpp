@@ -10,6 +10,7 @@
 
 #include "common/expected.hpp"
 #include "decider/decider.hpp"
+#include "proxy/classifier.hpp"
 #include "proxy/session_table.hpp"
 
 namespace splitd::proxy {
@@ -44,7 +45,7 @@ class KeyedHash {
 // 127.0.0.1:port and [::1]:port, flows, upstream mappings, reply sockets), so no state is
 // shared and nothing is locked on the data path.
 //
-// A flow (client endpoint, original destination) is routed by the decider once. Flows of
+// A flow (client endpoint, original destination) is classified once (Classifier). Flows of
 // one client with the same route share an upstream mapping: one unconnected socket bound
 // to the route's interface and address with the bypass mark, from which replies of any
 // peer go back to the client (full cone). Replies reach the client from a transparent
@@ -54,7 +55,7 @@ class KeyedHash {
 // controlling thread; flows() and mappings() from any.
 class UdpProxy {
  public:
-  UdpProxy(UdpProxyOptions options, const decider::Decider& decider, SessionTable& sessions);
+  UdpProxy(UdpProxyOptions options, const Classifier& classifier, SessionTable& sessions);
   ~UdpProxy();
   UdpProxy(const UdpProxy&) = delete;
   UdpProxy& operator=(const UdpProxy&) = delete;
@@ -72,7 +73,7 @@ class UdpProxy {
  private:
   friend class Worker;
   UdpProxyOptions options_;
-  const decider::Decider& decider_;
+  const Classifier& classifier_;
   SessionTable& sessions_;
   std::atomic<std::size_t> flows_{0};
   std::atomic<std::size_t> mappings_{0};

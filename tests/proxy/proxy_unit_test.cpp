@@ -1,5 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <mutex>
+#include <thread>
+
 #include "proxy/session_table.hpp"
 #include "proxy/tcp_proxy.hpp"
 #include "proxy/udp_proxy.hpp"
@@ -15,41 +19,134 @@ TEST(UpstreamPortRange, OutsideTheEphemeralRange) {
   EXPECT_EQ(upstream_port_range(49152, 65535), (R{1024, 49151}));   // IANA-style range
 }
 
+SessionSpec spec(decider::Protocol p, const char* client, std::uint16_t cport, const char* dst,
+                 decider::RouteKind kind = decider::RouteKind::kTunnel,
+                 decider::MatchKind match = decider::MatchKind::kNone) {
+  SessionSpec s;
+  s.protocol = p;
+  s.client = {*IpAddress::parse(client), cport};
+  s.destination = {*IpAddress::parse(dst), 443};
+  s.route.kind = kind;
+  s.route.interface = kind == decider::RouteKind::kBlock ? "" : "tun0";
+  s.route.rule = "default";
+  s.route.matched = match;
+  return s;
+}
+
 TEST(SessionTable, CountsListsAndKills) {
   SessionTable t;
-  decider::Route r;
-  r.kind = decider::RouteKind::kTunnel;
-  r.interface = "tun0";
-  r.rule = "default";
-  auto a = t.add(decider::Protocol::kTcp, {*IpAddress::parse("198.18.2.2"), 40000},
-                 {*IpAddress::parse("198.51.100.10"), 443}, r);
-  auto b = t.add(decider::Protocol::kTcp, {*IpAddress::parse("2001:db8:ff:2::2"), 40001},
-                 {*IpAddress::parse("2001:db8:1::10"), 443}, r);
-  bool killed = false;
-  std::uint64_t killed_id = 0;
-  b->kill = [&](std::uint64_t id) {
-    killed = true;
-    killed_id = id;
-  };
-  a->bytes_sent += 100;
-  b->bytes_received += 50;
+  WorkerCounters& w = t.register_worker();
+  std::vector<std::uint64_t> killed;
+  auto owner = std::make_shared<SessionOwner>([&](std::uint64_t id) { killed.push_back(id); });
+  auto a = t.add(spec(decider::Protocol::kTcp, "198.18.2.2", 40000, "198.51.100.10"), w, nullptr);
+  auto b = t.add(spec(decider::Protocol::kTcp, "2001:db8:ff:2::2", 40001, "2001:db8:1::10",
+                      decider::RouteKind::kDirect, decider::MatchKind::kIp),
+                 w, owner);
+  a->app = {};
+  a->add_sent(100);
+  b->add_received(50, 2);
   auto list = t.list();
   ASSERT_EQ(list.size(), 2u);
   EXPECT_EQ(list[0].id, a->id);
   EXPECT_EQ(list[0].destination.to_string(), "198.51.100.10:443");
   EXPECT_EQ(list[1].client.to_string(), "[2001:db8:ff:2::2]:40001");
+  EXPECT_EQ(list[1].route.matched, decider::MatchKind::kIp);
   EXPECT_EQ(list[0].bytes_sent, 100u);
+  EXPECT_EQ(list[1].packets_received, 2u);
   EXPECT_TRUE(t.kill(b->id));
-  EXPECT_TRUE(killed);
-  EXPECT_EQ(killed_id, b->id);
-  EXPECT_FALSE(t.kill(a->id));      // no kill hook
-  EXPECT_FALSE(t.kill(12345));      // unknown id
+  EXPECT_EQ(killed, std::vector<std::uint64_t>{b->id});
+  EXPECT_FALSE(t.kill(a->id));  // no owner
+  EXPECT_FALSE(t.kill(12345));  // unknown id
   t.remove(*a);
   const auto totals = t.totals();
   EXPECT_EQ(totals.active, 1u);
   EXPECT_EQ(totals.total, 2u);
-  EXPECT_EQ(totals.bytes_sent, 100u);     // finished sessions count
+  EXPECT_EQ(totals.bytes_sent, 100u);     // ended sessions count
   EXPECT_EQ(totals.bytes_received, 50u);  // live ones too
+  owner->detach();
+  EXPECT_FALSE(t.kill(b->id));  // the worker is gone: nothing to call
+}
+
+TEST(SessionTable, CountersPerWorkerSummed) {
+  SessionTable t;
+  WorkerCounters& w1 = t.register_worker();
+  WorkerCounters& w2 = t.register_worker();
+  auto a = t.add(spec(decider::Protocol::kTcp, "198.18.2.2", 1, "203.0.113.10"), w1, nullptr);
+  auto b = t.add(spec(decider::Protocol::kTcp, "198.18.2.2", 2, "203.0.113.10", decider::RouteKind::kDirect,
+                      decider::MatchKind::kIp),
+                 w2, nullptr);
+  auto c = t.add(spec(decider::Protocol::kUdp, "198.18.2.2", 3, "203.0.113.10", decider::RouteKind::kBlock), w2,
+                 nullptr);
+  w1.add(decider::Protocol::kTcp, WorkerCounters::kRefused);
+  w2.failure(decider::Protocol::kTcp, FailReason::kConnectRefused);
+  a->set_packets(10, 4);
+  a->set_packets(12, 5);  // running totals from TCP_INFO: only the difference counts
+  b->add_sent(1000);
+  t.remove(*b);
+  const CounterTotals k = t.counters();
+  EXPECT_EQ(k.tcp.started, 2u);
+  EXPECT_EQ(k.tcp.ended, 1u);
+  EXPECT_EQ(k.active_tcp, 1u);
+  EXPECT_EQ(k.active_udp, 1u);
+  EXPECT_EQ(k.udp.blocked, 1u);
+  EXPECT_EQ(k.tcp.refused, 1u);
+  EXPECT_EQ(k.tcp.decisions[0][0], 1u);  // tunnel, default
+  EXPECT_EQ(k.tcp.decisions[1][3], 1u);  // direct, ip
+  EXPECT_EQ(k.udp.decisions[2][0], 1u);  // block, default
+  EXPECT_EQ(k.tcp.failures[static_cast<std::size_t>(FailReason::kConnectRefused)], 1u);
+  EXPECT_EQ(k.tcp.failed(), 1u);
+  EXPECT_EQ(k.tcp.packets_sent, 12u);
+  EXPECT_EQ(k.tcp.packets_received, 5u);
+  EXPECT_EQ(k.tcp.bytes_sent, 1000u);
+  EXPECT_EQ(to_string(FailReason::kUnreachable), std::string("unreachable"));
+  (void)c;
+}
+
+// The race of issue "kill through an owner handle": kills from other threads (the API)
+// while the worker detaches and goes away. Before the owner handle, UDP's kill hook held
+// a raw `this`, called after the table dropped its lock: a use-after-free once the
+// worker was destroyed. Meaningful under TSan and ASan (the suite runs under both).
+TEST(SessionTable, KillsRacingAWorkerThatGoesAway) {
+  SessionTable t;
+  WorkerCounters& w = t.register_worker();
+  for (int round = 0; round < 50; ++round) {
+    struct FakeWorker {
+      std::mutex mu;
+      std::vector<std::uint64_t> queue;
+    };
+    auto worker = std::make_unique<FakeWorker>();
+    FakeWorker* raw = worker.get();
+    auto owner = std::make_shared<SessionOwner>([raw](std::uint64_t id) {
+      std::lock_guard lock(raw->mu);
+      raw->queue.push_back(id);
+    });
+    std::vector<std::shared_ptr<Session>> sessions;
+    for (int i = 0; i < 20; ++i) {
+      sessions.push_back(t.add(spec(decider::Protocol::kUdp, "198.18.2.2", static_cast<std::uint16_t>(i + 1),
+                                    "203.0.113.10"),
+                               w, owner));
+    }
+    std::atomic<bool> go{false};
+    std::atomic<int> delivered{0};
+    std::vector<std::thread> killers;
+    for (int k = 0; k < 3; ++k) {
+      killers.emplace_back([&] {
+        while (!go.load()) std::this_thread::yield();
+        for (const auto& s : sessions) delivered += t.kill(s->id) ? 1 : 0;
+      });
+    }
+    go = true;
+    owner->detach();  // the worker stops ...
+    {
+      std::lock_guard lock(raw->mu);
+      EXPECT_LE(raw->queue.size(), 60u);
+    }
+    worker.reset();  // ... and is gone while kills may still be arriving
+    for (auto& k : killers) k.join();
+    EXPECT_LE(delivered.load(), 60);
+    for (const auto& s : sessions) t.remove(*s);
+  }
+  EXPECT_EQ(t.totals().active, 0u);
 }
 
 TEST(KeyedHash, IsSipHash24UnderItsKey) {

@@ -1,0 +1,34 @@
+#include "proxy/classifier.hpp"
+
+#include "common/log.hpp"
+#include "decider/vpn_carrier.hpp"
+#include "proxy/socket_owner.hpp"
+
+namespace splitd::proxy {
+
+SessionSpec Classifier::classify(const FlowFacts& flow) const {
+  decider::SessionInfo info;
+  info.protocol = flow.protocol;
+  info.src = flow.client.address;
+  info.src_port = flow.client.port;
+  info.dst = flow.destination.address;
+  info.dst_port = flow.destination.port;
+  // A WireGuard handshake from a root-owned socket is a VPN client's carrier that is not
+  // marked yet (wg-quick sets the fwmark after bringing the interface up).
+  if (flow.protocol == decider::Protocol::kUdp && decider::is_wireguard_handshake_initiation(flow.first_bytes)) {
+    const auto owner = udp_socket_owner(flow.client, flow.destination);
+    info.vpn_carrier = owner && *owner == 0;
+    log::info("udp ", flow.client.to_string(), " -> ", flow.destination.to_string(), ": a WireGuard handshake from ",
+              owner ? (*owner == 0 ? std::string("root: a VPN carrier, direct")
+                                   : "uid " + std::to_string(*owner) + ": not a VPN client, the rules decide")
+                    : std::string("an unknown socket: the rules decide"));
+  }
+  SessionSpec spec;
+  spec.protocol = flow.protocol;
+  spec.client = flow.client;
+  spec.destination = flow.destination;
+  spec.route = decider_.decide(info);
+  return spec;
+}
+
+}  // namespace splitd::proxy

@@ -1,0 +1,32 @@
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "decider/decider.hpp"
+#include "proxy/session_table.hpp"
+
+namespace splitd::proxy {
+
+// What a proxy knows of a new flow when it asks where the flow goes.
+struct FlowFacts {
+  decider::Protocol protocol = decider::Protocol::kTcp;
+  Endpoint client;       // TCP: the accepted socket's peer; UDP: the datagram's source
+  Endpoint destination;  // the original destination
+  std::span<const std::uint8_t> first_bytes;  // UDP: the first datagram; TCP: empty
+};
+
+// The one place a new flow is classified, for both proxies: who sent it (the app, once
+// identification exists), by which name (once DNS capture exists), and the decider's
+// route. Returns everything the session records. Called from every worker thread at
+// once; const and lock-free (the decider reads atomically swapped snapshots).
+class Classifier {
+ public:
+  explicit Classifier(const decider::Decider& decider) : decider_(decider) {}
+  SessionSpec classify(const FlowFacts& flow) const;
+
+ private:
+  const decider::Decider& decider_;
+};
+
+}  // namespace splitd::proxy

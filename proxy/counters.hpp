@@ -1,0 +1,90 @@
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "decider/decider.hpp"
+
+namespace splitd::proxy {
+
+// Why a flow failed (bounded: these are /metrics labels).
+enum class FailReason : std::uint8_t {
+  kConnectTimeout,  // no answer within connect_timeout
+  kConnectRefused,  // RST from the server
+  kUnreachable,     // no route, host or network unreachable (ICMP, EHOSTUNREACH, ENETUNREACH)
+  kConnectError,    // any other connect error
+  kSocket,          // the upstream socket could not be opened, bound or registered
+  kCount
+};
+const char* to_string(FailReason r);  // "connect_timeout", "connect_refused", ...
+
+inline constexpr std::size_t kRouteKinds = 3;   // decider::RouteKind
+inline constexpr std::size_t kMatchKinds = 4;   // decider::MatchKind
+inline constexpr std::size_t kFailReasons = static_cast<std::size_t>(FailReason::kCount);
+
+// The counters of one protocol, as read (summed over workers).
+struct ProtocolCounters {
+  std::uint64_t started = 0;  // sessions that entered the table (blocked ones included)
+  std::uint64_t ended = 0;
+  std::uint64_t refused = 0;  // over max_sessions
+  std::uint64_t blocked = 0;  // decided "block"
+  // decisions[route kind][match kind], e.g. decisions[kTunnel][kIp]
+  std::array<std::array<std::uint64_t, kMatchKinds>, kRouteKinds> decisions{};
+  std::array<std::uint64_t, kFailReasons> failures{};
+  std::uint64_t bytes_sent = 0;  // app → remote, live and ended flows
+  std::uint64_t bytes_received = 0;
+  std::uint64_t packets_sent = 0;
+  std::uint64_t packets_received = 0;
+
+  std::uint64_t failed() const {
+    std::uint64_t n = 0;
+    for (auto f : failures) n += f;
+    return n;
+  }
+};
+
+// One worker's counters: written by that worker only (relaxed load + store, no locked
+// instruction), read by anyone. Each protocol's block starts on its own cache line so
+// two workers never write the same line. Lives as long as the SessionTable.
+class WorkerCounters {
+ public:
+  enum Slot : std::size_t {
+    kStarted,
+    kEnded,
+    kRefused,
+    kBlocked,
+    kBytesSent,
+    kBytesReceived,
+    kPacketsSent,
+    kPacketsReceived,
+    kDecisions,                                           // kRouteKinds × kMatchKinds
+    kFailures = kDecisions + kRouteKinds * kMatchKinds,   // kFailReasons
+    kSlots = kFailures + kFailReasons,
+  };
+
+  void add(decider::Protocol p, std::size_t slot, std::uint64_t n = 1) {
+    auto& c = block(p)[slot];
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  void decision(decider::Protocol p, decider::RouteKind route, decider::MatchKind match) {
+    add(p, kDecisions + static_cast<std::size_t>(route) * kMatchKinds + static_cast<std::size_t>(match));
+  }
+  void failure(decider::Protocol p, FailReason r) { add(p, kFailures + static_cast<std::size_t>(r)); }
+
+  // Adds this worker's figures of protocol p to `out`.
+  void sum_into(decider::Protocol p, ProtocolCounters& out) const;
+
+ private:
+  struct alignas(64) Block : std::array<std::atomic<std::uint64_t>, kSlots> {
+    Block() {
+      for (auto& c : *this) c.store(0, std::memory_order_relaxed);
+    }
+  };
+  Block& block(decider::Protocol p) { return p == decider::Protocol::kTcp ? tcp_ : udp_; }
+  const Block& block(decider::Protocol p) const { return p == decider::Protocol::kTcp ? tcp_ : udp_; }
+  Block tcp_, udp_;
+};
+
+}  // namespace splitd::proxy
