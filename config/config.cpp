@@ -476,3 +476,72 @@ std::string summary(const Config& c) {
 }
 
 }  // namespace splitd::config
+
+namespace splitd::config {
+namespace {
+
+struct KeyRule {
+  const char* key;
+  Apply apply;
+  bool (*same)(const Config&, const Config&);
+};
+
+#define SPLITD_KEY(name, how, field) \
+  KeyRule { name, Apply::how, [](const Config& a, const Config& b) { return a.field == b.field; } }
+
+// Every key of the config and how a change of it applies. The proxy's port and bypass mark
+// stay at reload: live sockets carry them (the footprint keeps the running values).
+const KeyRule kKeys[] = {
+    SPLITD_KEY("daemon.api_socket", kRestart, daemon.api_socket),
+    SPLITD_KEY("daemon.api_listen", kRestart, daemon.api_listen),
+    SPLITD_KEY("daemon.api_token_file", kRestart, daemon.api_token_file),
+    SPLITD_KEY("daemon.state_dir", kRestart, daemon.state_dir),
+    SPLITD_KEY("daemon.log_level", kRestart, daemon.log_level),
+    SPLITD_KEY("interfaces.physical", kRestart, interfaces.physical),
+    SPLITD_KEY("interfaces.tunnel", kRestart, interfaces.tunnel),
+    SPLITD_KEY("proxy.port", kRestart, proxy.port),
+    SPLITD_KEY("proxy.max_sessions", kRestart, proxy.max_sessions),
+    SPLITD_KEY("proxy.connect_timeout", kRestart, proxy.connect_timeout),
+    SPLITD_KEY("proxy.idle_timeout", kRestart, proxy.idle_timeout),
+    SPLITD_KEY("proxy.udp_idle_timeout", kRestart, proxy.udp_idle_timeout),
+    SPLITD_KEY("firewall.mark", kFootprint, firewall.mark),
+    SPLITD_KEY("firewall.bypass_mark", kRestart, firewall.bypass_mark),
+    SPLITD_KEY("firewall.route_table", kFootprint, firewall.route_table),
+    SPLITD_KEY("firewall.ipv6", kFootprint, firewall.ipv6),
+    SPLITD_KEY("firewall.never_intercept", kFootprint, firewall.never_intercept),
+    SPLITD_KEY("firewall.on_tunnel_down", kRules, firewall.on_tunnel_down),
+    SPLITD_KEY("split.mode", kRules, split.mode),
+    SPLITD_KEY("split.domains", kRules, split.domains),
+    SPLITD_KEY("split.ips", kRules, split.ips),
+    SPLITD_KEY("split.apps", kRules, split.apps),
+    SPLITD_KEY("dns.enabled", kRestart, dns.enabled),
+    SPLITD_KEY("dns.servers", kRestart, dns.servers),
+    SPLITD_KEY("dns.direct_servers", kRestart, dns.direct_servers),
+    SPLITD_KEY("dns.cache_ttl", kRestart, dns.cache_ttl),
+    SPLITD_KEY("dns.intercept_port", kRestart, dns.intercept_port),
+};
+
+#undef SPLITD_KEY
+
+}  // namespace
+
+ConfigChanges changes(const Config& running, const Config& next) {
+  ConfigChanges c;
+  for (const KeyRule& k : kKeys) {
+    if (k.same(running, next)) continue;
+    switch (k.apply) {
+      case Apply::kRules: c.rules = true; break;
+      case Apply::kFootprint: c.footprint = true; break;
+      case Apply::kRestart: c.restart.emplace_back(k.key); break;
+    }
+  }
+  return c;
+}
+
+std::vector<std::string> known_keys() {
+  std::vector<std::string> keys;
+  for (const KeyRule& k : kKeys) keys.emplace_back(k.key);
+  return keys;
+}
+
+}  // namespace splitd::config

@@ -120,3 +120,26 @@ Expected<decider::Mode, std::string> parse_mode(const std::string& text);
 std::string summary(const Config& config);
 
 }  // namespace splitd::config
+
+namespace splitd::config {
+
+// How a key takes effect when the config is reloaded (SIGHUP).
+enum class Apply : std::uint8_t {
+  kRules,      // the decider's rules: new flows at once ([split], firewall.on_tunnel_down)
+  kFootprint,  // the interception footprint, replaced in one transaction
+  kRestart,    // only at the next start (listeners, live sockets, the API carry them)
+};
+
+// What differs between the running config and the next one, key by key. Derived from one
+// table that names every key of the config and how it applies (config.cpp), so the
+// "needs a restart" warning cannot drift from the code.
+struct ConfigChanges {
+  bool rules = false;
+  bool footprint = false;
+  std::vector<std::string> restart;  // keys, e.g. "proxy.port", in the config's order
+};
+ConfigChanges changes(const Config& running, const Config& next);
+// Every key the table knows ("daemon.api_socket", ...), for tests.
+std::vector<std::string> known_keys();
+
+}  // namespace splitd::config

@@ -222,3 +222,48 @@ TEST(Config, ShippedExampleIsValidAndDefault) {
 
 }  // namespace
 }  // namespace splitd::config
+
+namespace splitd::config {
+namespace {
+
+// The reload table must name every key the parser accepts: a key added to the parser
+// but not to the table would silently never apply. The parser lists its keys in the
+// message for an unknown key.
+TEST(Config, ReloadTableNamesEveryKey) {
+  std::vector<std::string> parser_keys;
+  for (const std::string section : {"daemon", "interfaces", "proxy", "firewall", "split", "dns"}) {
+    auto c = parse("[" + section + "]\nzzz_unknown = 1\n", "k.toml");
+    ASSERT_FALSE(c.has_value());
+    const std::string msg = c.error().front().message;
+    const auto at = msg.find("allowed here: ");
+    ASSERT_NE(at, std::string::npos) << msg;
+    std::string list = msg.substr(at + 14);
+    std::size_t start = 0;
+    while (start < list.size()) {
+      const std::size_t comma = std::min(list.find(", ", start), list.size());
+      parser_keys.push_back(section + "." + list.substr(start, comma - start));
+      start = comma + 2;
+    }
+  }
+  auto table = known_keys();
+  std::sort(parser_keys.begin(), parser_keys.end());
+  std::sort(table.begin(), table.end());
+  EXPECT_EQ(parser_keys, table);
+}
+
+TEST(Config, ChangesSayHowEachKeyApplies) {
+  Config a;
+  Config b = a;
+  EXPECT_FALSE(changes(a, b).rules);
+  b.split.mode = decider::Mode::kInclude;
+  b.firewall.never_intercept.push_back(*Cidr::parse("198.51.100.0/24"));
+  b.proxy.port = 15002;
+  b.daemon.api_socket = "/run/x.sock";
+  const ConfigChanges c = changes(a, b);
+  EXPECT_TRUE(c.rules);
+  EXPECT_TRUE(c.footprint);
+  EXPECT_EQ(c.restart, (std::vector<std::string>{"daemon.api_socket", "proxy.port"}));
+}
+
+}  // namespace
+}  // namespace splitd::config
