@@ -1,0 +1,119 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/cidr.hpp"
+#include "common/expected.hpp"
+#include "common/ip_address.hpp"
+#include "config/config.hpp"
+#include "decider/decider.hpp"
+#include "iface/interface_snapshot.hpp"
+#include "proxy/session_table.hpp"
+
+namespace splitd::api {
+
+// Who sent a request. On the unix socket from SO_PEERCRED; on the TCP listener a caller
+// with the right token.
+struct Caller {
+  enum class Transport : std::uint8_t { kUnix, kTcp };
+  Transport transport = Transport::kUnix;
+  std::int64_t uid = -1;
+  std::int64_t gid = -1;
+  std::int64_t pid = 0;
+  bool may_change = false;  // root or a member of group `splitd` (unix); a valid token (tcp)
+};
+
+// An error the API answers with: HTTP status and the JSON body {error, detail}.
+struct ApiError {
+  int status = 500;
+  std::string error;   // short and stable: "bad request", "not found", "conflict", ...
+  std::string detail;  // for people: which field, what is allowed, what to do
+};
+template <typename T>
+using Result = Expected<T, ApiError>;
+struct Ok {};
+
+// GET /api/v1/status
+struct Status {
+  bool ready = false;    // false while starting: the API answers 503
+  bool enabled = true;   // interception installed (POST /disable removes it)
+  decider::Mode mode = decider::Mode::kExclude;
+  std::string tunnel_interface;     // "" = none
+  bool tunnel_up = false;
+  std::string physical_interface;   // IPv4's, else IPv6's; "" = none
+  std::string physical_interface6;  // "" = none
+  std::vector<IpAddress> dns_servers;
+  std::uint64_t sessions_active = 0;
+  std::uint64_t sessions_total = 0;
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t bytes_received = 0;
+  std::chrono::system_clock::time_point started_at;
+  std::string version;       // "0.1.0"
+  std::string git_revision;  // "d863c34"
+  std::string config_file;   // "" = built-in defaults
+  std::string state_file;    // where API rule edits persist
+  std::vector<std::string> warnings;  // e.g. the state file was unreadable and set aside
+};
+
+// GET /api/v1/split/rules: the rules in force (config plus API edits) and the edits.
+struct Rules {
+  config::SplitSection effective;
+  bool mode_from_api = false;  // the mode was set over the API (else: the config's)
+  config::SplitSection added;  // API additions (mode unused)
+  config::SplitSection removed;  // API removals of config entries (mode unused)
+};
+
+// Daemon-level figures for /metrics (beyond the session counters).
+struct DaemonCounters {
+  std::uint64_t firewall_repairs = 0;          // footprint restored after another program changed it
+  std::uint64_t firewall_repair_failures = 0;
+  std::uint64_t reloads = 0;                   // SIGHUP reloads applied
+  std::uint64_t reload_failures = 0;           // SIGHUP with a bad config (kept running)
+  std::uint64_t rule_edits = 0;                // API rule changes applied
+  std::uint64_t vpn_servers = 0;               // VPN servers never intercepted (gauge)
+};
+
+struct MetricsSnapshot {
+  proxy::CounterTotals sessions;
+  DaemonCounters daemon;
+  bool enabled = true;
+  bool tunnel_up = false;
+  std::chrono::system_clock::time_point started_at;
+  std::uint64_t rules_apps = 0, rules_domains = 0, rules_ips = 0;  // rules in force (gauges)
+  std::string version, git_revision;
+};
+
+// What the REST API serves and changes. Implemented by the daemon's Runtime; every call
+// comes from the control executor's one thread (the API server runs on it), so an
+// implementation needs no locking of its own against other API calls.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual Status status() const = 0;
+  virtual Result<Ok> set_enabled(bool enabled) = 0;
+
+  virtual std::vector<proxy::SessionView> connections() const = 0;
+  // false when no live session has that id.
+  virtual bool kill(std::uint64_t id) = 0;
+
+  virtual Rules rules() const = 0;
+  virtual Result<Ok> set_mode(decider::Mode mode) = 0;
+  // 409 when the rule is already in force; 404 on remove when it is not.
+  virtual Result<Ok> add_app(const config::AppRule& app) = 0;
+  virtual Result<Ok> remove_app(const std::string& name) = 0;
+  virtual Result<Ok> add_domain(const std::string& pattern) = 0;  // normalised (config::domain_pattern)
+  virtual Result<Ok> remove_domain(const std::string& pattern) = 0;
+  virtual Result<Ok> add_ip(const Cidr& cidr) = 0;
+  virtual Result<Ok> remove_ip(const Cidr& cidr) = 0;
+
+  virtual std::shared_ptr<const iface::InterfaceSnapshot> interfaces() const = 0;
+  virtual MetricsSnapshot metrics() const = 0;
+};
+
+}  // namespace splitd::api
