@@ -68,9 +68,11 @@ echo "== without splitd: every request goes through the VPN (servers answer 'SID
 ask http://203.0.113.10/
 ask http://198.51.100.10/
 
-cat >"$LAB_DIR/demo.toml" <<'TOML'
+cat >"$LAB_DIR/demo.toml" <<TOML
 [daemon]
 log_level = "debug"
+api_socket = "$LAB_DIR/api.sock"                  # the lab's own, not /run/splitd
+state_dir = "$LAB_DIR/state"
 [split]
 mode = "exclude"                                  # everything through the tunnel...
 ips = ["203.0.113.0/24", "2001:db8::/64"]         # ...except these, which go direct

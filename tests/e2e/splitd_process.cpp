@@ -28,6 +28,29 @@ std::string lab_config(const std::string& mode, const std::vector<std::string>& 
          "[dns]\nenabled = false\n";
 }
 
+std::string api_socket_path(const lab::Lab& lab, const std::string& name) {
+  return lab.state_dir() + "/" + name + ".sock";
+}
+
+std::string with_lab_paths(const lab::Lab& lab, const std::string& config, const std::string& name) {
+  // Tests run in parallel: each splitd's API socket and rule state live in its lab.
+  std::string paths;
+  if (config.find("api_socket") == std::string::npos) {
+    paths += "api_socket = \"" + api_socket_path(lab, name) + "\"\n";
+  }
+  if (config.find("state_dir") == std::string::npos) {
+    paths += "state_dir = \"" + lab.state_dir() + "/" + name + "-state\"\n";
+  }
+  if (config.find("api_token_file") == std::string::npos) {
+    paths += "api_token_file = \"" + lab.state_dir() + "/" + name + ".token\"\n";
+  }
+  const std::size_t at = config.find("[daemon]\n");
+  if (at == std::string::npos) return "[daemon]\n" + paths + config;
+  std::string out = config;
+  out.insert(at + 9, paths);
+  return out;
+}
+
 std::string curl(const lab::Lab& lab, const std::string& args) {
   auto r = lab.exec(lab.host_ns(), "curl -s -g --max-time 5 " + args);
   return r.exit_code == 0 ? r.out : "curl exit " + std::to_string(r.exit_code) + ": " + r.err;
@@ -39,7 +62,7 @@ std::unique_ptr<SplitdProcess> SplitdProcess::start(const lab::Lab& lab, const s
   const std::string log_path = lab.state_dir() + "/" + name + ".log";
   {
     std::ofstream out(conf_path);
-    out << config;
+    out << with_lab_paths(lab, config, name);
   }
   // Truncate here, not in the child: a previous run's "ready:" must not be seen as ours.
   { std::ofstream truncate(log_path, std::ios::trunc); }

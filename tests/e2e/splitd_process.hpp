@@ -49,6 +49,12 @@ std::string lab_config(const std::string& mode, const std::vector<std::string>& 
                        const std::string& proxy = "", const std::string& firewall = "",
                        const std::string& log_level = "debug");
 
+// The API socket of the splitd named `name` in this lab (SplitdProcess::start puts it there).
+std::string api_socket_path(const lab::Lab& lab, const std::string& name = "splitd");
+// `config` with the lab's paths for api_socket, state_dir and api_token_file where it
+// gives none.
+std::string with_lab_paths(const lab::Lab& lab, const std::string& config, const std::string& name);
+
 // `curl -s -g --max-time 5 ARGS` in host: its output, or "curl exit N: stderr".
 std::string curl(const lab::Lab& lab, const std::string& args);
 inline bool starts_with(const std::string& s, const std::string& prefix) {

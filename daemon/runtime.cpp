@@ -1,0 +1,606 @@
+#include "daemon/runtime.hpp"
+
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include "common/log.hpp"
+#include "common/version.hpp"
+#include "decider/decider.hpp"
+#include "firewall/firewall.hpp"
+#include "firewall/vpn_coexistence.hpp"
+#include "iface/interface_cache.hpp"
+#include "proxy/classifier.hpp"
+#include "proxy/session_table.hpp"
+#include "proxy/tcp_proxy.hpp"
+#include "proxy/udp_proxy.hpp"
+
+namespace splitd::daemon {
+
+namespace asio = net::asio;
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitRuntime = 2;
+constexpr auto kRepairEvery = std::chrono::seconds(5);
+constexpr auto kSummaryEvery = std::chrono::seconds(60);
+constexpr auto kRepairBackoff = std::chrono::seconds(1);
+
+std::shared_ptr<const decider::RuleSet> rules_of(const config::SplitSection& split,
+                                                 decider::OnTunnelDown on_tunnel_down) {
+  decider::RuleSpec spec;
+  spec.mode = split.mode;
+  spec.on_tunnel_down = on_tunnel_down;
+  spec.ips = split.ips;
+  spec.domains = split.domains;
+  for (const config::AppRule& a : split.apps) spec.apps.push_back({a.name, a.cgroup, a.comm, a.path});
+  return decider::build_rules(spec);
+}
+
+firewall::FirewallConfig firewall_of(const config::Config& c) {
+  firewall::FirewallConfig f;
+  f.mark = c.firewall.mark;
+  f.bypass_mark = c.firewall.bypass_mark;
+  f.route_table = c.firewall.route_table;
+  f.port = c.proxy.port;
+  f.ipv6 = c.firewall.ipv6;
+  f.intercept_tcp = true;
+  f.intercept_udp = true;
+  f.never_intercept = c.firewall.never_intercept;
+  return f;
+}
+
+std::string describe(const iface::InterfaceSnapshot& snap) {
+  const auto name = [](const iface::Interface* i) { return i ? i->name : std::string("none"); };
+  std::ostringstream s;
+  s << "physical IPv4 " << name(snap.physical(IpAddress::Family::kV4)) << ", IPv6 "
+    << name(snap.physical(IpAddress::Family::kV6)) << "; tunnel " << name(snap.tunnel())
+    << (snap.tunnel() ? (snap.tunnel_up() ? " (up)" : " (down)") : "");
+  return s.str();
+}
+
+}  // namespace
+
+// Strict reverse-path filtering drops the replies of bypassed flows: they arrive on the
+// physical interface while the main table's (VPN) routes point at the tunnel. Loose mode
+// on the physical interface keeps them; the old value is restored on exit. Called from
+// the interface cache's thread only.
+class Runtime::RpFilterGuard {
+ public:
+  void loosen(const std::string& itf) {
+    if (itf.empty() || saved_.count(itf)) return;
+    const int all = read("all");
+    const int dev = read(itf);
+    if (std::max(all, dev) != 1) return;  // 0 (off) and 2 (loose) are fine
+    if (write(itf, 2)) {
+      saved_[itf] = dev;
+      log::info("rp_filter: ", itf, " set to loose (2) so bypassed flows' replies are accepted",
+                " (was strict); restored on exit");
+    } else {
+      log::warn("rp_filter is strict on ", itf, " and could not be loosened: bypassed flows may fail");
+    }
+  }
+  ~RpFilterGuard() {
+    for (const auto& [itf, value] : saved_) write(itf, value);
+  }
+
+ private:
+  static std::string path(const std::string& itf) { return "/proc/sys/net/ipv4/conf/" + itf + "/rp_filter"; }
+  static int read(const std::string& itf) {
+    std::ifstream in(path(itf));
+    int v = 0;
+    in >> v;
+    return v;
+  }
+  static bool write(const std::string& itf, int v) {
+    std::ofstream out(path(itf));
+    out << v;
+    return static_cast<bool>(out.flush());
+  }
+  std::map<std::string, int> saved_;
+};
+
+// The servers of VPN clients that do not mark their sockets, learned from their host
+// routes (InterfaceSnapshot::vpn_servers) while a tunnel interface exists, on the
+// interface cache's thread, and applied to the firewall by the control executor. A server
+// once seen stays known while splitd runs: a client restarted in TLS mode talks to its
+// server before it puts its host route back, and the kill switch would otherwise refuse
+// that handshake. Thread-safe (one mutex).
+class Runtime::VpnServers {
+ public:
+  // Cache thread. Returns true when a server was learned (the executor must apply it).
+  bool learn(const iface::InterfaceSnapshot& snap) {
+    // Only while a tunnel interface exists: a host route via a gateway on a machine without
+    // a VPN (a DHCP option-121 route, one the user added) is not a VPN's.
+    if (snap.tunnel() == nullptr) return false;
+    std::lock_guard lock(mu_);
+    bool added = false;
+    for (const IpAddress& ip : snap.vpn_servers()) {
+      if (known_.insert(ip).second) {
+        added = true;
+        log::info("VPN carrier: never intercepting ", ip.to_string(),
+                  " (a VPN client's host route to its server through the physical gateway)");
+      }
+    }
+    return added;
+  }
+  std::vector<Cidr> cidrs() const {
+    std::lock_guard lock(mu_);
+    std::vector<Cidr> out;
+    for (const IpAddress& ip : known_) {
+      out.emplace_back(ip, static_cast<std::uint8_t>(ip.family() == IpAddress::Family::kV4 ? 32 : 128));
+    }
+    return out;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::set<IpAddress> known_;
+};
+
+void Runtime::StopStack::push(std::string name, std::function<void()> stop) {
+  stops_.emplace_back(std::move(name), std::move(stop));
+}
+
+void Runtime::StopStack::unwind() {
+  while (!stops_.empty()) {
+    auto [name, stop] = std::move(stops_.back());
+    stops_.pop_back();
+    log::debug("stopping ", name);
+    stop();
+  }
+}
+
+Runtime::Runtime(config::Config config, std::string config_path)
+    : cfg_(std::move(config)),
+      config_path_(std::move(config_path)),
+      store_(cfg_.split, cfg_.daemon.state_dir) {}
+
+Runtime::~Runtime() { stop(); }
+
+int Runtime::fail(const std::string& what) {
+  log::error(what);
+  stop();
+  return kExitRuntime;
+}
+
+int Runtime::start() {
+  if (auto warning = store_.load()) {
+    log::warn("rules: ", *warning);
+    warnings_.push_back(*warning);
+  }
+  enabled_ = store_.enabled();
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) sigaddset(&signals, sig);
+  signal_fd_.reset(::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
+  // The interface cache's thread wakes the executor when a VPN server appeared, so the
+  // firewall learns it at once rather than at the next tick.
+  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!signal_fd_ || !wake_fd_) return fail(std::string("signalfd/eventfd: ") + std::strerror(errno));
+
+  rp_filter_ = std::make_unique<RpFilterGuard>();
+  vpn_servers_ = std::make_unique<VpnServers>();
+  iface::SelectionConfig selection;
+  if (cfg_.interfaces.physical != "auto") selection.physical = cfg_.interfaces.physical;
+  if (cfg_.interfaces.tunnel != "auto") selection.tunnel = cfg_.interfaces.tunnel;
+  auto cache = iface::InterfaceCache::open(selection);
+  if (!cache) return fail("cannot read interfaces over rtnetlink: " + cache.error().message());
+  cache_ = std::move(*cache);
+  const int wake = wake_fd_.get();
+  const auto on_interfaces = [this, wake](const std::shared_ptr<const iface::InterfaceSnapshot>& snap) {
+    log::info("interfaces: ", describe(*snap));
+    for (auto f : {IpAddress::Family::kV4, IpAddress::Family::kV6}) {
+      if (const auto* p = snap->physical(f)) rp_filter_->loosen(p->name);
+    }
+    if (vpn_servers_->learn(*snap)) {
+      const std::uint64_t one = 1;
+      [[maybe_unused]] const ssize_t w = ::write(wake, &one, sizeof one);
+    }
+  };
+  on_interfaces(cache_->snapshot());
+  cache_->subscribe(on_interfaces);
+  cache_->start();
+  stack_.push("interface cache", [this] { cache_->stop(); });
+
+  decider_ = std::make_unique<decider::RuleDecider>(*cache_, rules_of(store_.effective(), cfg_.firewall.on_tunnel_down));
+  sessions_ = std::make_unique<proxy::SessionTable>();
+  classifier_ = std::make_unique<proxy::Classifier>(*decider_);
+
+  // The footprint's handle comes before the proxies so its removal comes after them: on
+  // the way down every session is reset first, and packets of a live flow never follow
+  // the system's routing (a tunnel-bound flow would leak out the physical side).
+  auto fw = firewall::Firewall::open();
+  if (!fw) return fail("firewall: " + fw.error().message);
+  firewall_ = std::move(*fw);
+  fwcfg_ = std::make_unique<firewall::FirewallConfig>(firewall_of(cfg_));
+  fwcfg_->vpn_servers = vpn_servers_->cidrs();
+  stack_.push("interception", [this] {
+    if (firewall_->installed()) {
+      if (auto r = firewall_->remove(); !r) {
+        log::error("firewall: removing rules: ", r.error().message);
+        exit_code_ = kExitRuntime;
+      }
+    }
+  });
+
+  proxy::TcpProxyOptions popts;
+  popts.port = cfg_.proxy.port;
+  popts.bypass_mark = cfg_.firewall.bypass_mark;
+  popts.max_sessions = cfg_.proxy.max_sessions;
+  popts.connect_timeout = cfg_.proxy.connect_timeout;
+  popts.idle_timeout = cfg_.proxy.idle_timeout;
+  popts.ipv6 = cfg_.firewall.ipv6;
+  tcp_ = std::make_unique<proxy::TcpProxy>(popts, *classifier_, *sessions_);
+  // Listeners first: the rules must never steer flows to a port nobody listens on.
+  if (auto r = tcp_->start(); !r) return fail("tcp proxy: " + r.error());
+  stack_.push("tcp proxy", [this] { tcp_->stop(); });
+  proxy::UdpProxyOptions uopts;
+  uopts.port = cfg_.proxy.port;
+  uopts.bypass_mark = cfg_.firewall.bypass_mark;
+  uopts.max_sessions = cfg_.proxy.max_sessions;
+  uopts.idle_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg_.proxy.udp_idle_timeout);
+  uopts.ipv6 = cfg_.firewall.ipv6;
+  udp_ = std::make_unique<proxy::UdpProxy>(uopts, *classifier_, *sessions_);
+  if (auto r = udp_->start(); !r) return fail("udp proxy: " + r.error());
+  stack_.push("udp proxy", [this] { udp_->stop(std::chrono::milliseconds(300)); });
+
+  if (enabled_) {
+    if (auto r = firewall_->install(*fwcfg_); !r) return fail("firewall: " + r.error().message);
+  } else {
+    log::warn("interception is disabled (splitctl disable, kept in ", store_.path(),
+              "): traffic follows the system's routing until `splitctl enable`");
+  }
+  // VPN firewalls that would drop splitd's loopback replies (wg-quick's anti-spoofing
+  // rule) get splitd's allow rule, kept in place by a watcher until stop().
+  if (auto coexistence = firewall::VpnCoexistence::open(); !coexistence) {
+    log::warn("VPN coexistence: ", coexistence.error().message,
+              "; if wg-quick runs, its anti-spoofing rule will drop proxied flows");
+  } else {
+    coexistence_ = std::move(*coexistence);
+    if (auto r = coexistence_->start(); !r) log::warn("VPN coexistence: ", r.error().message);
+    stack_.push("VPN coexistence", [this] { coexistence_->stop(); });  // removes our rules from their tables
+  }
+
+  // Policy-rule events (wg-quick coming up puts its rules before splitd's) wake the
+  // executor; a dup so that the descriptor's close leaves the firewall's socket alone.
+  signal_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(signal_fd_.get()));
+  wake_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(wake_fd_.get()));
+  rule_events_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(firewall_->rule_events_fd()));
+  wait_signal();
+  wait_wake();
+  wait_rule_events();
+  arm_repair_timer();
+  arm_summary_timer();
+  stack_.push("control executor", [this] {
+    boost::system::error_code ec;
+    for (auto* d : {signal_desc_.get(), wake_desc_.get(), rule_events_desc_.get()}) d->close(ec);
+    repair_timer_.cancel();
+    summary_timer_.cancel();
+  });
+
+  log::info("ready: intercepting TCP and UDP to port ", cfg_.proxy.port, ", mark 0x", std::hex, cfg_.firewall.mark,
+            ", bypass mark 0x", cfg_.firewall.bypass_mark, std::dec, ", table ", cfg_.firewall.route_table, ", mode ",
+            decider::to_string(store_.effective().mode));
+  return kExitOk;
+}
+
+int Runtime::run() {
+  ctx_.run();
+  stop();
+  return exit_code_;
+}
+
+void Runtime::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  stack_.unwind();
+  if (sessions_) {
+    const auto t = sessions_->totals();
+    log::info("stopped: ", t.total, " sessions served, sent ", t.bytes_sent, "B received ", t.bytes_received, "B");
+  }
+}
+
+// ---- the control executor's events ----------------------------------------------------
+
+void Runtime::wait_signal() {
+  signal_desc_->async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
+    if (ec) return;
+    signalfd_siginfo info{};
+    if (::read(signal_fd_.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+      on_signal(static_cast<int>(info.ssi_signo));
+    }
+    if (!ctx_.stopped()) wait_signal();
+  });
+}
+
+void Runtime::wait_wake() {
+  wake_desc_->async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
+    if (ec) return;
+    std::uint64_t n = 0;
+    [[maybe_unused]] const ssize_t r = ::read(wake_fd_.get(), &n, sizeof n);
+    apply_vpn_servers();
+    wait_wake();
+  });
+}
+
+void Runtime::wait_rule_events() {
+  rule_events_desc_->async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
+    if (ec) return;
+    if (firewall_->drain_rule_events() && may_repair() && !firewall_->intact(*fwcfg_)) {
+      log::warn("policy routing changed by another program: restoring splitd's rules ahead of it");
+      repair("policy routing changed");
+    }
+    wait_rule_events();
+  });
+}
+
+void Runtime::arm_repair_timer() {
+  repair_timer_.expires_after(kRepairEvery);
+  repair_timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec) return;
+    if (may_repair() && !firewall_->intact(*fwcfg_)) {
+      log::warn("table inet splitd or its policy routing was removed by another program: restoring it");
+      repair("footprint removed");
+    }
+    apply_vpn_servers();  // one that failed earlier is retried here
+    arm_repair_timer();
+  });
+}
+
+void Runtime::arm_summary_timer() {
+  summary_timer_.expires_after(kSummaryEvery);
+  summary_timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec) return;
+    const auto t = sessions_->totals();
+    log::info("summary: ", t.active, " active sessions, ", t.total, " total, sent ", t.bytes_sent, "B received ",
+              t.bytes_received, "B");
+    arm_summary_timer();
+  });
+}
+
+void Runtime::on_signal(int sig) {
+  switch (sig) {
+    case SIGINT:
+    case SIGTERM:
+      log::info("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ": stopping");
+      ctx_.stop();
+      break;
+    case SIGUSR1: log_sessions(); break;
+    case SIGHUP: reload(); break;
+    default: break;
+  }
+}
+
+bool Runtime::may_repair() const {
+  // Interception switched off over the API is not damage; failed repairs wait a second
+  // (a failure must not spin on the events its own attempt caused).
+  return enabled_ && std::chrono::steady_clock::now() >= repair_not_before_;
+}
+
+void Runtime::repair(const char* why) {
+  if (auto r = firewall_->install(*fwcfg_); !r) {
+    log::error("firewall: ", r.error().message, "; retrying in 1 s");
+    counters_.firewall_repair_failures++;
+    repair_not_before_ = std::chrono::steady_clock::now() + kRepairBackoff;
+    return;
+  }
+  counters_.firewall_repairs++;
+  log::debug("firewall repaired (", why, ")");
+}
+
+void Runtime::apply_vpn_servers() {
+  auto servers = vpn_servers_->cidrs();
+  if (servers == fwcfg_->vpn_servers) return;
+  if (!enabled_) {  // recorded now, installed with the rest at `enable`
+    fwcfg_->vpn_servers = std::move(servers);
+    return;
+  }
+  if (!may_repair()) return;  // the repair timer retries
+  firewall::FirewallConfig next = *fwcfg_;
+  next.vpn_servers = std::move(servers);
+  if (auto r = firewall_->install(next); r) {
+    *fwcfg_ = std::move(next);
+  } else {
+    log::error("firewall: adding VPN servers: ", r.error().message, "; retrying in 1 s");
+    repair_not_before_ = std::chrono::steady_clock::now() + kRepairBackoff;
+  }
+}
+
+void Runtime::reload() {
+  // A file that is missing now (an editor replacing it) keeps the running config; the
+  // built-in defaults apply only when splitd starts without a file.
+  if (config_path_.empty() || ::access(config_path_.c_str(), F_OK) != 0) {
+    log::error("reload: ", config_path_.empty() ? std::string("no config file") : config_path_ + " is missing",
+               "; keeping the running config");
+    counters_.reload_failures++;
+    return;
+  }
+  auto loaded = config::load_file(config_path_);
+  if (!loaded) {
+    for (const auto& d : loaded.error()) log::error("reload: ", d.to_string());
+    log::error("reload: ", config_path_, " has errors; keeping the running config");
+    counters_.reload_failures++;
+    return;
+  }
+  const config::Config& next = *loaded;
+  const config::ConfigChanges changes = config::changes(cfg_, next);
+  if (changes.rules) {
+    cfg_.split = next.split;
+    cfg_.firewall.on_tunnel_down = next.firewall.on_tunnel_down;
+    store_.set_base(cfg_.split);
+    apply_rules();
+  }
+  log::info("reload: rules applied to new flows: ", config::summary(next));
+  if (changes.footprint) {
+    // The interception footprint (never_intercept, mark, route_table, ipv6) is replaced in
+    // one transaction; the proxy's port and bypass mark stay, since live sockets carry
+    // them. A failed install puts the old footprint back.
+    firewall::FirewallConfig fw_next = firewall_of(next);
+    fw_next.vpn_servers = fwcfg_->vpn_servers;
+    fw_next.port = fwcfg_->port;
+    fw_next.bypass_mark = fwcfg_->bypass_mark;
+    auto r = enabled_ ? firewall_->install(fw_next) : Expected<void, firewall::FirewallError>{};
+    if (r) {
+      *fwcfg_ = fw_next;
+      cfg_.firewall.mark = next.firewall.mark;
+      cfg_.firewall.route_table = next.firewall.route_table;
+      cfg_.firewall.ipv6 = next.firewall.ipv6;
+      cfg_.firewall.never_intercept = next.firewall.never_intercept;
+      log::info("reload: firewall footprint replaced");
+    } else {
+      log::error("reload: firewall: ", r.error().message, "; restoring the previous footprint");
+      if (auto back = firewall_->install(*fwcfg_); !back) log::error("firewall: ", back.error().message);
+      counters_.reload_failures++;
+      return;
+    }
+  }
+  if (!changes.restart.empty()) {
+    std::string keys;
+    for (const auto& k : changes.restart) keys += " " + k;
+    log::warn("reload: changes to", keys, " take effect at the next restart");
+  }
+  counters_.reloads++;
+}
+
+void Runtime::apply_rules() {
+  decider_->set_rules(rules_of(store_.effective(), cfg_.firewall.on_tunnel_down));
+}
+
+void Runtime::log_sessions() const {
+  const auto list = sessions_->list();
+  const auto t = sessions_->totals();
+  log::info("sessions: ", t.active, " active, ", t.total, " total, ", t.refused, " refused, ", t.blocked,
+            " blocked, ", t.failed, " failed; sent ", t.bytes_sent, "B received ", t.bytes_received, "B");
+  for (const auto& s : list) {
+    log::info("  #", s.id, " ", decider::to_string(s.protocol), " ", s.client.to_string(), " -> ",
+              s.destination.to_string(), " ", decider::to_string(s.route.kind),
+              s.route.interface.empty() ? "" : " via " + s.route.interface, " rule '", s.route.rule, "' sent ",
+              s.bytes_sent, "B/", s.packets_sent, "pkts received ", s.bytes_received, "B/", s.packets_received,
+              "pkts idle ", s.idle.count(), "ms");
+  }
+}
+
+// ---- api::Backend ---------------------------------------------------------------------
+
+api::Status Runtime::status() const {
+  api::Status s;
+  s.ready = !stopped_;
+  s.enabled = enabled_;
+  s.mode = store_.effective().mode;
+  const auto snap = cache_->snapshot();
+  if (const auto* t = snap->tunnel()) s.tunnel_interface = t->name;
+  s.tunnel_up = snap->tunnel_up();
+  const auto* p4 = snap->physical(IpAddress::Family::kV4);
+  const auto* p6 = snap->physical(IpAddress::Family::kV6);
+  s.physical_interface = p4 ? p4->name : p6 ? p6->name : "";
+  s.physical_interface6 = p6 ? p6->name : "";
+  s.dns_servers = cfg_.dns.servers;
+  const auto t = sessions_->totals();
+  s.sessions_active = t.active;
+  s.sessions_total = t.total;
+  s.bytes_sent = t.bytes_sent;
+  s.bytes_received = t.bytes_received;
+  s.started_at = started_at_;
+  s.version = kVersion;
+  s.git_revision = kGitRevision;
+  s.config_file = cfg_.source;
+  s.state_file = store_.path();
+  s.warnings = warnings_;
+  return s;
+}
+
+api::Result<api::Ok> Runtime::set_enabled(bool enabled) {
+  if (enabled == enabled_) return api::Ok{};
+  if (enabled) {
+    fwcfg_->vpn_servers = vpn_servers_->cidrs();
+    if (auto r = firewall_->install(*fwcfg_); !r) {
+      return unexpected(api::ApiError{500, "firewall", "interception could not be installed: " + r.error().message});
+    }
+  } else if (auto r = firewall_->remove(); !r) {
+    return unexpected(api::ApiError{500, "firewall", "interception could not be removed: " + r.error().message});
+  }
+  enabled_ = enabled;
+  if (auto r = store_.set_enabled(enabled); !r) {
+    log::warn("api: ", r.error().detail, " (interception is ", enabled ? "on" : "off", " until splitd restarts)");
+  }
+  log::info("api: interception ", enabled ? "enabled" : "disabled: traffic follows the system's routing");
+  return api::Ok{};
+}
+
+std::vector<proxy::SessionView> Runtime::connections() const { return sessions_->list(); }
+
+bool Runtime::kill(std::uint64_t id) {
+  const bool found = sessions_->kill(id);
+  if (found) log::info("api: session #", id, " killed");
+  return found;
+}
+
+api::Rules Runtime::rules() const { return store_.view(); }
+
+api::Result<api::Ok> Runtime::edited(api::Result<api::Ok> r, const std::string& what) {
+  if (!r) return r;
+  apply_rules();
+  counters_.rule_edits++;
+  log::info("api: ", what, "; applies to new flows: ", config::summary([this] {
+              config::Config c = cfg_;
+              c.split = store_.effective();
+              return c;
+            }()));
+  return r;
+}
+
+api::Result<api::Ok> Runtime::set_mode(decider::Mode mode) {
+  return edited(store_.set_mode(mode), std::string("mode set to ") + decider::to_string(mode));
+}
+api::Result<api::Ok> Runtime::add_app(const config::AppRule& app) {
+  return edited(store_.add_app(app), "app rule '" + app.name + "' added");
+}
+api::Result<api::Ok> Runtime::remove_app(const std::string& name) {
+  return edited(store_.remove_app(name), "app rule '" + name + "' removed");
+}
+api::Result<api::Ok> Runtime::add_domain(const std::string& pattern) {
+  return edited(store_.add_domain(pattern), "domain rule '" + pattern + "' added");
+}
+api::Result<api::Ok> Runtime::remove_domain(const std::string& pattern) {
+  return edited(store_.remove_domain(pattern), "domain rule '" + pattern + "' removed");
+}
+api::Result<api::Ok> Runtime::add_ip(const Cidr& cidr) {
+  return edited(store_.add_ip(cidr), "ip rule " + cidr.to_string() + " added");
+}
+api::Result<api::Ok> Runtime::remove_ip(const Cidr& cidr) {
+  return edited(store_.remove_ip(cidr), "ip rule " + cidr.to_string() + " removed");
+}
+
+std::shared_ptr<const iface::InterfaceSnapshot> Runtime::interfaces() const { return cache_->snapshot(); }
+
+api::MetricsSnapshot Runtime::metrics() const {
+  api::MetricsSnapshot m;
+  m.sessions = sessions_->counters();
+  m.daemon = counters_;
+  m.daemon.vpn_servers = fwcfg_ ? fwcfg_->vpn_servers.size() : 0;
+  m.enabled = enabled_;
+  m.tunnel_up = cache_->snapshot()->tunnel_up();
+  m.started_at = started_at_;
+  const auto eff = store_.effective();
+  m.rules_apps = eff.apps.size();
+  m.rules_domains = eff.domains.size();
+  m.rules_ips = eff.ips.size();
+  m.version = kVersion;
+  m.git_revision = kGitRevision;
+  return m;
+}
+
+}  // namespace splitd::daemon

@@ -1,0 +1,138 @@
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "api/backend.hpp"
+#include "common/asio.hpp"
+#include "common/fd.hpp"
+#include "config/config.hpp"
+#include "daemon/rule_store.hpp"
+
+namespace splitd::iface {
+class InterfaceCache;
+}
+namespace splitd::decider {
+class RuleDecider;
+}
+namespace splitd::firewall {
+class Firewall;
+class VpnCoexistence;
+struct FirewallConfig;
+}  // namespace splitd::firewall
+namespace splitd::proxy {
+class Classifier;
+class SessionTable;
+class TcpProxy;
+class UdpProxy;
+}  // namespace splitd::proxy
+
+namespace splitd::daemon {
+
+// The running daemon: the config, the rule store, and the components in their start
+// order (interface cache, firewall handle, proxies, interception, VPN coexistence), kept
+// as one stack that stops them in reverse, whether start() failed half-way or the daemon
+// is shutting down.
+//
+// One control executor (an io_context run by run() on the calling thread) handles
+// signals (SIGHUP reload, SIGUSR1 listing, SIGINT/SIGTERM stop), API requests, the
+// interface cache's wake-ups, policy-rule events and the repair timer, so firewall and
+// rule changes never race each other. The proxies' workers only read the decider's
+// atomically swapped rules. Not thread-safe: construct, start and run on one thread.
+class Runtime final : public api::Backend {
+ public:
+  Runtime(config::Config config, std::string config_path);
+  ~Runtime() override;
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Starts every component; on failure stops what started and returns the exit code (2).
+  // Expects SIGINT, SIGTERM, SIGHUP and SIGUSR1 blocked in every thread (read here from
+  // a signalfd). Returns 0 when running.
+  int start();
+  // Runs the control executor until SIGINT/SIGTERM, then stops everything. Exit code.
+  int run();
+
+  // api::Backend (called on the control executor).
+  api::Status status() const override;
+  api::Result<api::Ok> set_enabled(bool enabled) override;
+  std::vector<proxy::SessionView> connections() const override;
+  bool kill(std::uint64_t id) override;
+  api::Rules rules() const override;
+  api::Result<api::Ok> set_mode(decider::Mode mode) override;
+  api::Result<api::Ok> add_app(const config::AppRule& app) override;
+  api::Result<api::Ok> remove_app(const std::string& name) override;
+  api::Result<api::Ok> add_domain(const std::string& pattern) override;
+  api::Result<api::Ok> remove_domain(const std::string& pattern) override;
+  api::Result<api::Ok> add_ip(const Cidr& cidr) override;
+  api::Result<api::Ok> remove_ip(const Cidr& cidr) override;
+  std::shared_ptr<const iface::InterfaceSnapshot> interfaces() const override;
+  api::MetricsSnapshot metrics() const override;
+
+  class VpnServers;
+  class RpFilterGuard;
+
+ private:
+  // What was started, with how to stop it; popped in reverse.
+  class StopStack {
+   public:
+    void push(std::string name, std::function<void()> stop);
+    void unwind();
+    ~StopStack() { unwind(); }
+
+   private:
+    std::vector<std::pair<std::string, std::function<void()>>> stops_;
+  };
+
+  int fail(const std::string& what);
+  void wait_signal();
+  void wait_wake();
+  void wait_rule_events();
+  void arm_repair_timer();
+  void arm_summary_timer();
+  void on_signal(int sig);
+  void reload();
+  void apply_rules();
+  api::Result<api::Ok> edited(api::Result<api::Ok> r, const std::string& what);
+  void apply_vpn_servers();
+  bool may_repair() const;
+  void repair(const char* why);
+  void log_sessions() const;
+  void stop();
+
+  config::Config cfg_;
+  std::string config_path_;
+  RuleStore store_;
+  std::vector<std::string> warnings_;
+  std::chrono::system_clock::time_point started_at_ = std::chrono::system_clock::now();
+  std::chrono::steady_clock::time_point repair_not_before_{};
+  api::DaemonCounters counters_;
+  bool enabled_ = true;
+  bool stopped_ = false;
+  int exit_code_ = 0;  // 2 when the footprint could not be removed on the way down
+
+  net::asio::io_context ctx_{1};
+  Fd signal_fd_, wake_fd_;
+  std::unique_ptr<net::asio::posix::stream_descriptor> signal_desc_, wake_desc_, rule_events_desc_;
+  net::asio::steady_timer repair_timer_{ctx_}, summary_timer_{ctx_};
+
+  // Declared before the cache: its thread calls into them until the cache stops.
+  std::unique_ptr<RpFilterGuard> rp_filter_;
+  std::unique_ptr<VpnServers> vpn_servers_;
+  std::unique_ptr<iface::InterfaceCache> cache_;
+  std::unique_ptr<decider::RuleDecider> decider_;
+  std::unique_ptr<proxy::SessionTable> sessions_;
+  std::unique_ptr<proxy::Classifier> classifier_;
+  std::unique_ptr<firewall::Firewall> firewall_;
+  std::unique_ptr<firewall::FirewallConfig> fwcfg_;
+  std::unique_ptr<proxy::TcpProxy> tcp_;
+  std::unique_ptr<proxy::UdpProxy> udp_;
+  std::unique_ptr<firewall::VpnCoexistence> coexistence_;
+  StopStack stack_;  // last: unwinds first, while the components above still exist
+};
+
+}  // namespace splitd::daemon
