@@ -109,14 +109,19 @@ TEST(SessionTable, CountersPerWorkerSummed) {
 TEST(SessionTable, KillsRacingAWorkerThatGoesAway) {
   SessionTable t;
   WorkerCounters& w = t.register_worker();
-  for (int round = 0; round < 50; ++round) {
+  for (int round = 0; round < 20; ++round) {
     struct FakeWorker {
       std::mutex mu;
       std::vector<std::uint64_t> queue;
     };
     auto worker = std::make_unique<FakeWorker>();
     FakeWorker* raw = worker.get();
-    auto owner = std::make_shared<SessionOwner>([raw](std::uint64_t id) {
+    std::atomic<int> posted{0};
+    // A post that takes a while (a worker's wake-up): a kill in flight while the worker
+    // detaches and is freed is what the owner handle must make safe.
+    auto owner = std::make_shared<SessionOwner>([raw, &posted](std::uint64_t id) {
+      posted++;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
       std::lock_guard lock(raw->mu);
       raw->queue.push_back(id);
     });
@@ -126,24 +131,24 @@ TEST(SessionTable, KillsRacingAWorkerThatGoesAway) {
                                     "203.0.113.10"),
                                w, owner));
     }
-    std::atomic<bool> go{false};
-    std::atomic<int> delivered{0};
+    std::atomic<bool> stop{false};
     std::vector<std::thread> killers;
     for (int k = 0; k < 3; ++k) {
       killers.emplace_back([&] {
-        while (!go.load()) std::this_thread::yield();
-        for (const auto& s : sessions) delivered += t.kill(s->id) ? 1 : 0;
+        while (!stop.load()) {
+          for (const auto& s : sessions) t.kill(s->id);
+        }
       });
     }
-    go = true;
+    while (posted.load() < 3) std::this_thread::yield();
     owner->detach();  // the worker stops ...
-    {
-      std::lock_guard lock(raw->mu);
-      EXPECT_LE(raw->queue.size(), 60u);
-    }
-    worker.reset();  // ... and is gone while kills may still be arriving
+    worker.reset();   // ... and is gone while kills keep arriving
+    const int after_detach = posted.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    stop = true;
     for (auto& k : killers) k.join();
-    EXPECT_LE(delivered.load(), 60);
+    EXPECT_EQ(posted.load(), after_detach);  // nothing reached the worker after detach()
+    for (const auto& s : sessions) EXPECT_FALSE(t.kill(s->id));
     for (const auto& s : sessions) t.remove(*s);
   }
   EXPECT_EQ(t.totals().active, 0u);
