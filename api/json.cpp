@@ -1,0 +1,134 @@
+#include "api/json.hpp"
+
+#include <ctime>
+
+namespace splitd::api {
+namespace {
+
+using nlohmann::json;
+
+json string_or_null(const std::string& s) { return s.empty() ? json(nullptr) : json(s); }
+
+json app_rules_json(const std::vector<config::AppRule>& apps) {
+  json out = json::array();
+  for (const auto& a : apps) {
+    out.push_back({{"name", a.name}, {"cgroup", a.cgroup}, {"comm", a.comm}, {"path", a.path}});
+  }
+  return out;
+}
+
+json cidrs_json(const std::vector<Cidr>& ips) {
+  json out = json::array();
+  for (const auto& c : ips) out.push_back(c.to_string());
+  return out;
+}
+
+json strings_json(const std::vector<std::string>& v) {
+  json out = json::array();
+  for (const auto& s : v) out.push_back(s);
+  return out;
+}
+
+json edits_json(const config::SplitSection& s) {
+  return {{"apps", app_rules_json(s.apps)}, {"domains", strings_json(s.domains)}, {"ips", cidrs_json(s.ips)}};
+}
+
+}  // namespace
+
+std::string format_time(std::chrono::system_clock::time_point t) {
+  using namespace std::chrono;
+  const auto ms = duration_cast<milliseconds>(t.time_since_epoch()).count();
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  long frac = static_cast<long>(ms % 1000);
+  if (frac < 0) {
+    frac += 1000;
+    --secs;
+  }
+  std::tm tm{};
+  ::gmtime_r(&secs, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+  return buf;
+}
+
+json connection_json(const proxy::SessionView& s) {
+  json app = nullptr;
+  if (s.app.known()) {
+    app = {{"pid", s.app.pid}, {"comm", s.app.comm}, {"path", s.app.exe}, {"cgroup", s.app.cgroup}};
+  }
+  const bool blocked = s.route.kind == decider::RouteKind::kBlock;
+  return {{"id", s.id},
+          {"protocol", decider::to_string(s.protocol)},
+          {"local_addr", s.client.to_string()},
+          {"remote_addr", s.destination.to_string()},
+          {"domain", string_or_null(s.domain)},
+          {"route", decider::to_string(s.route.kind)},
+          {"interface", blocked ? json(nullptr) : string_or_null(s.route.interface)},
+          {"rule", s.route.rule},
+          {"match", decider::to_string(s.route.matched)},
+          {"app", std::move(app)},
+          {"started_at", format_time(s.started_at)},
+          {"idle_ms", s.idle.count()},
+          {"bytes_sent", s.bytes_sent},
+          {"bytes_received", s.bytes_received},
+          {"packets_sent", s.packets_sent},
+          {"packets_received", s.packets_received}};
+}
+
+json connections_json(const std::vector<proxy::SessionView>& sessions) {
+  json out = json::array();
+  for (const auto& s : sessions) out.push_back(connection_json(s));
+  return out;
+}
+
+json connection_update_json(const proxy::SessionView& s) {
+  return {{"id", s.id},
+          {"bytes_sent", s.bytes_sent},
+          {"bytes_received", s.bytes_received},
+          {"packets_sent", s.packets_sent},
+          {"packets_received", s.packets_received},
+          {"idle_ms", s.idle.count()}};
+}
+
+json status_json(const Status& st, std::chrono::system_clock::time_point now) {
+  const char* state = !st.enabled ? "disabled" : !st.warnings.empty() ? "degraded" : "running";
+  json dns = json::array();
+  for (const auto& ip : st.dns_servers) dns.push_back(ip.to_string());
+  const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(now - st.started_at).count();
+  return {{"status", state},
+          {"enabled", st.enabled},
+          {"mode", decider::to_string(st.mode)},
+          {"tunnel_interface", string_or_null(st.tunnel_interface)},
+          {"tunnel_up", st.tunnel_up},
+          {"physical_interface", string_or_null(st.physical_interface)},
+          {"physical_interface6", string_or_null(st.physical_interface6)},
+          {"dns_servers", std::move(dns)},
+          {"sessions_active", st.sessions_active},
+          {"sessions_total", st.sessions_total},
+          {"bytes_sent", st.bytes_sent},
+          {"bytes_received", st.bytes_received},
+          {"started_at", format_time(st.started_at)},
+          {"uptime_seconds", uptime < 0 ? 0 : uptime},
+          {"version", st.version},
+          {"git_revision", st.git_revision},
+          {"config_file", string_or_null(st.config_file)},
+          {"state_file", st.state_file},
+          {"warnings", strings_json(st.warnings)}};
+}
+
+json rules_json(const Rules& r) {
+  return {{"mode", decider::to_string(r.effective.mode)},
+          {"mode_source", r.mode_from_api ? "api" : "config"},
+          {"apps", app_rules_json(r.effective.apps)},
+          {"domains", strings_json(r.effective.domains)},
+          {"ips", cidrs_json(r.effective.ips)},
+          {"added", edits_json(r.added)},
+          {"removed", edits_json(r.removed)}};
+}
+
+json error_json(const ApiError& e) { return {{"error", e.error}, {"detail", e.detail}}; }
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+}  // namespace splitd::api

@@ -1,0 +1,31 @@
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "api/backend.hpp"
+
+namespace splitd::api {
+
+// The API's JSON documents (docs/api.md), built from Backend values. Pure functions, safe
+// from any thread. Strings from the system (comm, exe, cgroup) may hold any bytes: dump()
+// replaces invalid UTF-8 instead of throwing.
+
+// "2026-12-02T09:54:32.120Z"
+std::string format_time(std::chrono::system_clock::time_point t);
+
+nlohmann::json connection_json(const proxy::SessionView& s);
+nlohmann::json connections_json(const std::vector<proxy::SessionView>& sessions);
+// The counters a watch stream's "updated" entries carry.
+nlohmann::json connection_update_json(const proxy::SessionView& s);
+nlohmann::json status_json(const Status& status, std::chrono::system_clock::time_point now);
+nlohmann::json rules_json(const Rules& rules);
+nlohmann::json error_json(const ApiError& error);
+
+// One line, invalid UTF-8 replaced (U+FFFD), never throws.
+std::string dump(const nlohmann::json& j);
+
+}  // namespace splitd::api
