@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "api/server.hpp"
 #include "common/log.hpp"
 #include "common/version.hpp"
 #include "decider/decider.hpp"
@@ -219,6 +220,16 @@ int Runtime::start() {
   sessions_ = std::make_unique<proxy::SessionTable>();
   classifier_ = std::make_unique<proxy::Classifier>(*decider_);
 
+  // The API socket exists from here on; requests wait until the executor runs, and get
+  // 503 until everything below is up.
+  api::ServerOptions aopts;
+  aopts.unix_path = cfg_.daemon.api_socket;
+  aopts.tcp_listen = cfg_.daemon.api_listen;
+  aopts.token_file = cfg_.daemon.api_token_file;
+  api_ = std::make_unique<api::Server>(ctx_, *this, aopts);
+  if (auto r = api_->start(); !r) return fail("REST API: " + r.error());
+  stack_.push("REST API", [this] { api_->stop(); });
+
   // The footprint's handle comes before the proxies so its removal comes after them: on
   // the way down every session is reset first, and packets of a live flow never follow
   // the system's routing (a tunnel-bound flow would leak out the physical side).
@@ -291,9 +302,11 @@ int Runtime::start() {
     summary_timer_.cancel();
   });
 
+  api_->set_ready(true);
   log::info("ready: intercepting TCP and UDP to port ", cfg_.proxy.port, ", mark 0x", std::hex, cfg_.firewall.mark,
             ", bypass mark 0x", cfg_.firewall.bypass_mark, std::dec, ", table ", cfg_.firewall.route_table, ", mode ",
-            decider::to_string(store_.effective().mode));
+            decider::to_string(store_.effective().mode), "; API on ", cfg_.daemon.api_socket,
+            cfg_.daemon.api_listen.empty() ? "" : " and " + cfg_.daemon.api_listen);
   return kExitOk;
 }
 
@@ -306,6 +319,7 @@ int Runtime::run() {
 void Runtime::stop() {
   if (stopped_) return;
   stopped_ = true;
+  if (api_) api_->set_ready(false);
   stack_.unwind();
   if (sessions_) {
     const auto t = sessions_->totals();

@@ -30,13 +30,16 @@ class SessionTable;
 class TcpProxy;
 class UdpProxy;
 }  // namespace splitd::proxy
+namespace splitd::api {
+class Server;
+}
 
 namespace splitd::daemon {
 
 // The running daemon: the config, the rule store, and the components in their start
-// order (interface cache, firewall handle, proxies, interception, VPN coexistence), kept
-// as one stack that stops them in reverse, whether start() failed half-way or the daemon
-// is shutting down.
+// order (interface cache, REST API, firewall handle, proxies, interception, VPN
+// coexistence), kept as one stack that stops them in reverse, whether start() failed
+// half-way or the daemon is shutting down.
 //
 // One control executor (an io_context run by run() on the calling thread) handles
 // signals (SIGHUP reload, SIGUSR1 listing, SIGINT/SIGTERM stop), API requests, the
@@ -132,6 +135,7 @@ class Runtime final : public api::Backend {
   std::unique_ptr<proxy::TcpProxy> tcp_;
   std::unique_ptr<proxy::UdpProxy> udp_;
   std::unique_ptr<firewall::VpnCoexistence> coexistence_;
+  std::unique_ptr<api::Server> api_;
   StopStack stack_;  // last: unwinds first, while the components above still exist
 };
 
