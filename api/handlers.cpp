@@ -419,11 +419,21 @@ struct Handler {
       }
       return {Response{}, WatchRequest{*filter, std::chrono::milliseconds(ms)}};
     }
-    json out = json::array();
-    for (const auto& s : backend.connections()) {
-      if (filter->matches(s)) out.push_back(connection_json(s));
+    const auto sessions = backend.connections();
+    std::string body;
+    body.reserve(64 + sessions.size() * 400);
+    body += '[';
+    for (const auto& s : sessions) {
+      if (!filter->matches(s)) continue;
+      if (body.size() > 1) body += ',';
+      append_connection(body, s);
     }
-    return ok(200, out);
+    body += "]\n";
+    Response res{http::status::ok, version};
+    res.set(http::field::content_type, "application/json");
+    res.set(http::field::cache_control, "no-store");
+    res.body() = std::move(body);
+    return {std::move(res), std::nullopt};
   }
 
   Reply connections_delete() const {

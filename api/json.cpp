@@ -1,5 +1,6 @@
 #include "api/json.hpp"
 
+#include <charconv>
 #include <ctime>
 
 namespace splitd::api {
@@ -74,6 +75,143 @@ json connection_json(const proxy::SessionView& s) {
           {"bytes_received", s.bytes_received},
           {"packets_sent", s.packets_sent},
           {"packets_received", s.packets_received}};
+}
+
+namespace {
+
+// Length of the valid UTF-8 sequence at p (1-4), or 0 when it is not one (RFC 3629:
+// no overlongs, no surrogates, nothing above U+10FFFF).
+std::size_t utf8_length(const unsigned char* p, std::size_t left) {
+  const unsigned c = p[0];
+  const auto cont = [&](std::size_t i) { return i < left && (p[i] & 0xC0) == 0x80; };
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    if (c == 0xE0 && p[1] < 0xA0) return 0;  // overlong
+    if (c == 0xED && p[1] > 0x9F) return 0;  // surrogates
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    if (c == 0xF0 && p[1] < 0x90) return 0;  // overlong
+    if (c == 0xF4 && p[1] > 0x8F) return 0;  // above U+10FFFF
+    return 4;
+  }
+  return 0;
+}
+
+void append_uint(std::string& out, std::uint64_t v) {
+  char buf[24];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  (void)ec;
+  out.append(buf, end);
+}
+
+void append_int(std::string& out, std::int64_t v) {
+  char buf[24];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  (void)ec;
+  out.append(buf, end);
+}
+
+void append_string_or_null(std::string& out, const std::string& s) {
+  if (s.empty()) out += "null";
+  else append_json_string(out, s);
+}
+
+}  // namespace
+
+void append_json_string(std::string& out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  std::size_t i = 0;
+  const std::size_t n = text.size();
+  while (i < n) {
+    const unsigned char c = p[i];
+    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+      out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    switch (c) {
+      case '"': out += "\\\""; ++i; continue;
+      case '\\': out += "\\\\"; ++i; continue;
+      case '\n': out += "\\n"; ++i; continue;
+      case '\r': out += "\\r"; ++i; continue;
+      case '\t': out += "\\t"; ++i; continue;
+      case '\b': out += "\\b"; ++i; continue;
+      case '\f': out += "\\f"; ++i; continue;
+      default: break;
+    }
+    if (c < 0x20) {
+      out += "\\u00";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xF];
+      ++i;
+      continue;
+    }
+    const std::size_t len = utf8_length(p + i, n - i);
+    if (len == 0) {
+      out += "\xEF\xBF\xBD";  // U+FFFD for the byte that starts no valid sequence
+      ++i;
+    } else {
+      out.append(text.data() + i, len);
+      i += len;
+    }
+  }
+  out += '"';
+}
+
+void append_connection(std::string& out, const proxy::SessionView& s) {
+  const bool blocked = s.route.kind == decider::RouteKind::kBlock;
+  out += "{\"id\":";
+  append_uint(out, s.id);
+  out += ",\"protocol\":\"";
+  out += decider::to_string(s.protocol);
+  out += "\",\"local_addr\":\"";
+  out += s.client.to_string();
+  out += "\",\"remote_addr\":\"";
+  out += s.destination.to_string();
+  out += "\",\"domain\":";
+  append_string_or_null(out, s.domain);
+  out += ",\"route\":\"";
+  out += decider::to_string(s.route.kind);
+  out += "\",\"interface\":";
+  if (blocked) out += "null";
+  else append_string_or_null(out, s.route.interface);
+  out += ",\"rule\":";
+  append_json_string(out, s.route.rule);
+  out += ",\"match\":\"";
+  out += decider::to_string(s.route.matched);
+  out += "\",\"app\":";
+  if (s.app.known()) {
+    out += "{\"pid\":";
+    append_int(out, s.app.pid);
+    out += ",\"comm\":";
+    append_json_string(out, s.app.comm);
+    out += ",\"path\":";
+    append_json_string(out, s.app.exe);
+    out += ",\"cgroup\":";
+    append_json_string(out, s.app.cgroup);
+    out += '}';
+  } else {
+    out += "null";
+  }
+  out += ",\"started_at\":\"";
+  out += format_time(s.started_at);
+  out += "\",\"idle_ms\":";
+  append_int(out, s.idle.count());
+  out += ",\"bytes_sent\":";
+  append_uint(out, s.bytes_sent);
+  out += ",\"bytes_received\":";
+  append_uint(out, s.bytes_received);
+  out += ",\"packets_sent\":";
+  append_uint(out, s.packets_sent);
+  out += ",\"packets_received\":";
+  append_uint(out, s.packets_received);
+  out += '}';
 }
 
 json connections_json(const std::vector<proxy::SessionView>& sessions) {
