@@ -7,7 +7,7 @@ set -euo pipefail
 
 PACKAGES=(
   # build
-  cmake g++ make pkg-config git
+  cmake g++ make pkg-config git clang  # clang: the libFuzzer targets
   libboost1.81-dev libmnl-dev libnftnl-dev libcap-dev libtomlplusplus-dev
   nlohmann-json3-dev libsodium-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev

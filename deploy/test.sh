@@ -5,17 +5,26 @@
 #   deploy/test.sh                    # RelWithDebInfo build in build/, warnings as errors
 #   deploy/test.sh --sanitize address # ASan+UBSan build in build-asan/
 #   deploy/test.sh --sanitize thread  # TSan build in build-tsan/
-#   deploy/test.sh --all              # the plain build, then the ASan+UBSan build (what CI runs)
+#   deploy/test.sh --all              # the plain build, the ASan+UBSan build, then each fuzz
+#                                     # target briefly (what CI runs)
+#   deploy/test.sh --fuzz [SECONDS]   # only the fuzz targets (clang libFuzzer), 30 s each
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sanitize=""
 all=0
+fuzz_only=0
+FUZZ_SECONDS=30
 while (($#)); do
   case $1 in
     --sanitize) sanitize=${2:?--sanitize needs address or thread}; shift 2 ;;
     --all) all=1; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --fuzz)
+      fuzz_only=1
+      shift
+      if [[ ${1:-} =~ ^[0-9]+$ ]]; then FUZZ_SECONDS=$1; shift; fi
+      ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown option $1" >&2; exit 1 ;;
   esac
 done
@@ -44,6 +53,27 @@ run_suite() {
     ctest --test-dir "$dir" --output-on-failure -j2 --timeout 600
 }
 
+# The libFuzzer targets beside the parsers (clang only), each for FUZZ_SECONDS; a crash
+# fails the run and leaves its input in build-fuzz/crashes/.
+run_fuzz() {
+  echo "=== fuzz targets (clang libFuzzer, ${FUZZ_SECONDS}s each) in build-fuzz"
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPLITD_WERROR=OFF \
+    -DSPLITD_BUILD_BENCH=OFF >/dev/null
+  local targets=(fuzz_api)
+  cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]}"
+  mkdir -p build-fuzz/crashes
+  local t
+  for t in "${targets[@]}"; do
+    local bin
+    bin=$(find build-fuzz/tests -type f -name "$t" -perm -u+x | head -n1)
+    [[ -n $bin ]] || { echo "test.sh: fuzz target $t was not built" >&2; return 1; }
+    echo "--- $t"
+    "$bin" -max_total_time="$FUZZ_SECONDS" -max_len=4096 -print_final_stats=1 \
+      -artifact_prefix=build-fuzz/crashes/"$t"- 2>&1 | tail -n 12
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "test.sh: fuzz target $t failed" >&2; return 1; }
+  done
+}
+
 leftovers() {
   # Labs of this run must all be gone; labs of dead owners are reaped first.
   [[ $(id -u) -eq 0 ]] || return 0
@@ -56,9 +86,14 @@ leftovers() {
   fi
 }
 
+if ((fuzz_only)); then
+  run_fuzz
+  exit 0
+fi
 if ((all)); then
   run_suite plain
   run_suite address
+  run_fuzz
 elif [[ -n $sanitize ]]; then
   run_suite "$sanitize"
 else
