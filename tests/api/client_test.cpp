@@ -13,7 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "api/client.hpp"
-#include "tests/daemon/fake_api.hpp"
+#include "tests/api/fake_api.hpp"
 
 namespace splitd::api {
 namespace {

@@ -1,4 +1,4 @@
-#include "tests/daemon/fake_api.hpp"
+#include "tests/api/fake_api.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -14,7 +14,7 @@
 
 #include "common/version.hpp"
 #include "api/splitctl.hpp"
-#include "tests/daemon/fake_api.hpp"
+#include "tests/api/fake_api.hpp"
 
 namespace splitd::ctl {
 namespace {
