@@ -87,19 +87,13 @@ class Connection {
   // a timeout message.
   template <typename Op>
   Expected<void, ClientError> run(Op&& op, Clock::time_point deadline, std::string_view doing) {
-    bool done = false;
-    error_code result;
-    auto handler = [&done, &result](const error_code& ec, auto&&...) {
-      result = ec;
-      done = true;
-    };
-    std::visit([&](auto& socket) { op(socket, handler); }, socket_);
-    if (auto waited = wait(done, deadline, doing); !waited) return waited;
-    if (result) return fail(result);
+    auto result = run_ec(std::forward<Op>(op), deadline, doing);
+    if (!result) return unexpected(result.error());
+    if (*result) return fail(*result);
     return {};
   }
 
-  // Like run(), but an error the caller expects is handed back instead of mapped.
+  // The step's own error code is handed back (run() maps it to a ClientError).
   template <typename Op>
   Expected<error_code, ClientError> run_ec(Op&& op, Clock::time_point deadline, std::string_view doing) {
     bool done = false;
