@@ -312,9 +312,20 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
   using H = Parser::Handler;
 
   const auto cidr = [](const std::string& s, std::string& why) { return Cidr::parse(s, &why); };
+  // An upstream that is this host (a stub such as 127.0.0.53, or splitd itself) would
+  // loop: its queries come back into the capture. Unspecified and multicast go nowhere.
   const auto server = [](const std::string& s, std::string& why) -> std::optional<IpAddress> {
     auto ip = IpAddress::parse(s);
-    if (!ip) why = "'" + s + "' is not an IPv4 or IPv6 address";
+    if (!ip) {
+      why = "'" + s + "' is not an IPv4 or IPv6 address";
+    } else if (ip->unmapped().is_loopback()) {
+      why = "'" + s + "' is this host: a local stub or splitd itself would receive its own "
+            "captured queries again (a loop); give the servers the stub forwards to";
+      ip.reset();
+    } else if (ip->is_unspecified() || ip->unmapped().is_multicast()) {
+      why = "'" + s + "' is not a unicast server address";
+      ip.reset();
+    }
     return ip;
   };
 
@@ -386,8 +397,15 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
       {"enabled", p.boolean(c.dns.enabled)},
       {"servers", p.list<IpAddress>(c.dns.servers, server)},
       {"direct_servers", p.list<IpAddress>(c.dns.direct_servers, server)},
-      {"cache_ttl", p.duration(c.dns.cache_ttl, 1s, std::chrono::hours(24 * 7))},
+      {"cache_ttl", p.duration(c.dns.cache_ttl, 0s, std::chrono::hours(24 * 7))},
       {"intercept_port", p.integer(c.dns.intercept_port, 1, 65535)},
+      {"forwarder_port", p.integer(c.dns.forwarder_port, 1, 65535)},
+      {"timeout", p.duration(c.dns.timeout, 50ms, std::chrono::seconds(30))},
+      {"grace", p.duration(c.dns.grace, 0s, std::chrono::hours(24 * 7))},
+      {"ttl_floor", p.duration(c.dns.ttl_floor, 0s, std::chrono::hours(24))},
+      {"max_names", p.integer(c.dns.max_names, 1, 10'000'000)},
+      {"doh_canary", p.boolean(c.dns.doh_canary)},
+      {"block_dot", p.boolean(c.dns.block_dot)},
   };
   p.table(parsed.table(), "",
           {{"daemon", [&](const toml::node& n, const std::string& k) { p.section(n, k, daemon); }},
@@ -411,6 +429,10 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
     p.error(at("firewall.route_table"),
             "firewall.route_table: " + std::to_string(c.firewall.route_table) +
                 " is a system table (compat, default, main, local); pick another, e.g. 1501");
+  }
+  if (c.dns.enabled && c.dns.forwarder_port == c.proxy.port) {
+    p.error(at("dns.forwarder_port"), "dns.forwarder_port: must differ from proxy.port (" +
+                                          std::to_string(c.proxy.port) + ")");
   }
   if (!p.ok()) return unexpected(p.take());
   return c;
@@ -519,6 +541,13 @@ const KeyRule kKeys[] = {
     SPLITD_KEY("dns.direct_servers", kRestart, dns.direct_servers),
     SPLITD_KEY("dns.cache_ttl", kRestart, dns.cache_ttl),
     SPLITD_KEY("dns.intercept_port", kRestart, dns.intercept_port),
+    SPLITD_KEY("dns.forwarder_port", kRestart, dns.forwarder_port),
+    SPLITD_KEY("dns.timeout", kRestart, dns.timeout),
+    SPLITD_KEY("dns.grace", kRestart, dns.grace),
+    SPLITD_KEY("dns.ttl_floor", kRestart, dns.ttl_floor),
+    SPLITD_KEY("dns.max_names", kRestart, dns.max_names),
+    SPLITD_KEY("dns.doh_canary", kRestart, dns.doh_canary),
+    SPLITD_KEY("dns.block_dot", kFootprint, dns.block_dot),
 };
 
 #undef SPLITD_KEY

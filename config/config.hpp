@@ -68,10 +68,17 @@ struct SplitSection {
 
 struct DnsSection {
   bool enabled = true;
-  std::vector<IpAddress> servers;
-  std::vector<IpAddress> direct_servers;
-  Duration cache_ttl = std::chrono::minutes(5);
-  std::uint16_t intercept_port = 53;
+  std::vector<IpAddress> servers;         // for names routed through the tunnel
+  std::vector<IpAddress> direct_servers;  // for names routed direct; empty: the system's own
+  Duration cache_ttl = std::chrono::minutes(5);  // cap on cached answers; 0s: no answer cache
+  std::uint16_t intercept_port = 53;      // the port captured (UDP and TCP)
+  std::uint16_t forwarder_port = 15053;   // splitd's forwarder (TPROXY target), loopback only
+  Duration timeout = std::chrono::milliseconds(1500);  // per upstream try
+  Duration grace = std::chrono::minutes(10);  // a learned ip -> name outlives its TTL this long
+  Duration ttl_floor = std::chrono::seconds(30);  // a learned name lives at least this long
+  std::uint32_t max_names = 200000;       // learned IPs kept (LRU)
+  bool doh_canary = true;                 // NXDOMAIN for use-application-dns.net
+  bool block_dot = false;                 // refuse TCP/UDP 853 (DNS over TLS)
   friend bool operator==(const DnsSection&, const DnsSection&) = default;
 };
 

@@ -68,6 +68,13 @@ comm = "slack"
 enabled = false
 servers = ["2001:db8::53"]
 cache_ttl = "1h"
+forwarder_port = 15553
+timeout = "300ms"
+grace = "1m"
+ttl_floor = "0s"
+max_names = 1000
+doh_canary = false
+block_dot = true
 )", "full.toml");
   ASSERT_TRUE(c.has_value()) << c.error().front().to_string();
   EXPECT_EQ(c->daemon.log_level, log::Level::kDebug);
@@ -85,6 +92,13 @@ cache_ttl = "1h"
   EXPECT_EQ(c->split.apps[0].comm, "slack");
   EXPECT_FALSE(c->dns.enabled);
   EXPECT_EQ(c->dns.cache_ttl, 1h);
+  EXPECT_EQ(c->dns.forwarder_port, 15553);
+  EXPECT_EQ(c->dns.timeout, 300ms);
+  EXPECT_EQ(c->dns.grace, 1min);
+  EXPECT_EQ(c->dns.ttl_floor, 0s);
+  EXPECT_EQ(c->dns.max_names, 1000u);
+  EXPECT_FALSE(c->dns.doh_canary);
+  EXPECT_TRUE(c->dns.block_dot);
 }
 
 struct Bad {
@@ -138,6 +152,12 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[daemon]\nstate_dir = \"var/lib\"\n", 2, 13, "daemon.state_dir: 'var/lib' must be an absolute path"},
         Bad{"[daemon]\napi_listen = \"localhost\"\n", 2, 14, "daemon.api_listen: 'localhost' must be ADDRESS:PORT, e.g. \"127.0.0.1:7070\""},
         Bad{"[dns]\nservers = [\"1.1.1\"]\n", 2, 12, "dns.servers[0]: '1.1.1' is not an IPv4 or IPv6 address"},
+        Bad{"[dns]\nservers = [\"1.1.1.1\", \"127.0.0.53\"]\n", 2, 23, "dns.servers[1]: '127.0.0.53' is this host: a local stub or splitd itself would receive its own captured queries again (a loop); give the servers the stub forwards to"},
+        Bad{"[dns]\ndirect_servers = [\"::1\"]\n", 2, 19, "dns.direct_servers[0]: '::1' is this host: a local stub or splitd itself would receive its own captured queries again (a loop); give the servers the stub forwards to"},
+        Bad{"[dns]\nservers = [\"0.0.0.0\"]\n", 2, 12, "dns.servers[0]: '0.0.0.0' is not a unicast server address"},
+        Bad{"[dns]\nforwarder_port = 15001\n", 2, 18, "dns.forwarder_port: must differ from proxy.port (15001)"},
+        Bad{"[dns]\ntimeout = \"10ms\"\n", 2, 11, "dns.timeout: 10ms is out of range (50ms to 30s)"},
+        Bad{"[dns]\nmax_names = 0\n", 2, 13, "dns.max_names: 0 is out of range (1 to 10000000)"},
         Bad{"proxy = 5\n", 1, 9, "'proxy' must be a table ([proxy]), got an integer"},
         Bad{"[[split.apps]]\ncomm = \"slack\"\n", 1, 1, "split.apps[0]: 'name' is required"},
         Bad{"[[split.apps]]\nname = \"x\"\n", 1, 1, "split.apps[0]: give at least one of 'cgroup', 'comm', 'path'"},
@@ -218,6 +238,7 @@ TEST(Config, ShippedExampleIsValidAndDefault) {
   EXPECT_EQ(c->split.ips, defaults.split.ips);
   EXPECT_EQ(c->split.domains, defaults.split.domains);
   EXPECT_EQ(c->dns.servers, defaults.dns.servers);
+  EXPECT_EQ(c->dns, defaults.dns);
 }
 
 }  // namespace
