@@ -151,7 +151,11 @@ Expected<void, FirewallError> Firewall::install(const FirewallConfig& requested)
   log::info("firewall: installed table inet ", kTableName, " (mark ", to_hex(config.mark),
             ", bypass mark ", to_hex(config.bypass_mark), ", route table ", config.route_table,
             ", port ", config.port, config.ipv6 ? ", IPv4+IPv6" : ", IPv4 only",
-            config.intercept_tcp ? ", TCP" : "", config.intercept_udp ? ", UDP" : "", ")");
+            config.intercept_tcp ? ", TCP" : "", config.intercept_udp ? ", UDP" : "",
+            config.dns_port != 0 ? ", DNS port " + std::to_string(config.dns_intercept_port) + " to " +
+                                       std::to_string(config.dns_port)
+                                 : std::string(),
+            config.block_dot ? ", DNS over TLS refused" : "", ")");
   return {};
 }
 

@@ -20,6 +20,11 @@ struct FirewallConfig {
   bool ipv6 = true;                    // false: IPv6 packets are neither marked nor routed
   bool intercept_tcp = true;
   bool intercept_udp = false;
+  // DNS capture: UDP and TCP to dns_intercept_port, any destination (loopback stubs too),
+  // go to splitd's forwarder on dns_port. 0: no capture (DNS is ordinary UDP/TCP).
+  std::uint16_t dns_port = 0;
+  std::uint16_t dns_intercept_port = 53;
+  bool block_dot = false;  // refuse TCP/UDP 853 (DNS over TLS) so clients fall back to plain DNS
   std::vector<Cidr> never_intercept = default_never_intercept();
   // Servers of VPN clients that do not mark their sockets, found from their host routes
   // (InterfaceSnapshot::vpn_servers): their carrier flows are never intercepted.

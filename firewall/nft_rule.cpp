@@ -197,6 +197,29 @@ NftRule& NftRule::socket_transparent() {
   return *this;
 }
 
+NftRule& NftRule::th_dport_eq(std::uint16_t port) {
+  constexpr std::uint32_t kDportOffset = 2;  // the same in TCP and UDP headers
+  const std::uint16_t be = htons(port);
+  nftnl_expr* e = make("payload");
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_OFFSET, kDportOffset);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_LEN, sizeof be);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_DREG, kReg);
+  add(e);
+  cmp(NFT_CMP_EQ, &be, sizeof be);
+  return *this;
+}
+
+NftRule& NftRule::reject_port_unreachable() {
+  // icmpx: ICMP or ICMPv6 by the packet's family; a local TCP connect() gets ECONNREFUSED.
+  nftnl_expr* e = make("reject");
+  nftnl_expr_set_u32(e, NFTNL_EXPR_REJECT_TYPE, NFT_REJECT_ICMPX_UNREACH);
+  nftnl_expr_set_u8(e, NFTNL_EXPR_REJECT_CODE, NFT_REJECT_ICMPX_PORT_UNREACH);
+  add(e);
+  need("nft_reject_inet");
+  return *this;
+}
+
 NftRule& NftRule::tcp_not_syn() {
   constexpr std::uint32_t kTcpFlagsOffset = 13;
   constexpr std::uint8_t kSyn = 0x02, kAck = 0x10;

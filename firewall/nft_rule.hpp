@@ -41,6 +41,8 @@ class NftRule {
   NftRule& fib_daddr_type_in(std::vector<std::uint32_t> rtn_types);  // fib daddr type { ... }
   NftRule& daddr_in_set(IpAddress::Family family, std::string set);  // ip(6) daddr @set
   NftRule& socket_transparent();                                     // socket transparent 1
+  NftRule& th_dport_eq(std::uint16_t port);  // th dport PORT (needs l4proto tcp/udp before it)
+  NftRule& reject_port_unreachable();        // reject with icmpx port-unreachable
   NftRule& tcp_not_syn();  // tcp flags & (syn | ack) != syn (needs l4proto tcp before it)
   NftRule& set_mark(std::uint32_t mark);                             // meta mark set MARK
   NftRule& ct_mark_neq(std::uint32_t mark);                          // ct mark != MARK

@@ -36,6 +36,13 @@ Expected<void, FirewallError> validate(const FirewallConfig& c) {
         invalid("mark and bypass_mark must differ (both are " + to_hex(c.mark) + ")"));
   }
   if (c.port == 0) return unexpected(invalid("proxy port must not be 0"));
+  if (c.dns_port != 0 && c.dns_port == c.port) {
+    return unexpected(invalid("the DNS forwarder's port must differ from the proxy port (" +
+                              std::to_string(c.port) + ")"));
+  }
+  if (c.dns_port != 0 && c.dns_intercept_port == 0) {
+    return unexpected(invalid("DNS intercept port must not be 0"));
+  }
   if (c.route_table == RT_TABLE_UNSPEC ||
       (c.route_table >= RT_TABLE_COMPAT && c.route_table <= RT_TABLE_LOCAL)) {
     return unexpected(invalid("route_table " + std::to_string(c.route_table) +
@@ -78,6 +85,21 @@ NftBatch install_batch(const FirewallConfig& c) {
                                      .ct_mark_neq(c.bypass_mark)
                                      .accept()));
   b.add_rule("output", std::move(NftRule("marked by other software").meta_mark_neq(0).accept()));
+  // DNS before the local-destination rule: a query to a stub on this host (127.0.0.53,
+  // ::1) is captured too, so every name an app resolves reaches the forwarder.
+  if (c.dns_port != 0) {
+    NftRule r("DNS to any server, local stubs included");
+    if (!c.ipv6) r.nfproto_eq(NFPROTO_IPV4);
+    r.l4proto_in({IPPROTO_UDP, IPPROTO_TCP}).th_dport_eq(c.dns_intercept_port).set_mark(c.mark).accept();
+    b.add_rule("output", std::move(r));
+  }
+  if (c.block_dot) {
+    constexpr std::uint16_t kDnsOverTls = 853;
+    NftRule r("DNS over TLS refused (dns.block_dot): clients fall back to plain DNS");
+    if (!c.ipv6) r.nfproto_eq(NFPROTO_IPV4);
+    r.l4proto_in({IPPROTO_UDP, IPPROTO_TCP}).th_dport_eq(kDnsOverTls).counter().reject_port_unreachable();
+    b.add_rule("output", std::move(r));
+  }
   b.add_rule(
       "output",
       std::move(NftRule("local, broadcast, multicast destinations")
@@ -139,6 +161,17 @@ NftBatch install_batch(const FirewallConfig& c) {
   // and once it is past, the packet's route (local, from the reroute in output) no longer
   // depends on the mark.
   b.add_chain("prerouting", "filter", NF_INET_PRE_ROUTING, NF_IP_PRI_MANGLE - 10);
+  // Captured DNS to the forwarder, before the proxies' rules. tproxy itself finds the
+  // forwarder's established TCP connections before its listener.
+  if (c.dns_port != 0) {
+    b.add_rule("prerouting", std::move(NftRule("captured DNS to splitd's forwarder")
+                                           .iif_eq(kLoopbackIfindex)
+                                           .meta_mark_eq(c.mark)
+                                           .l4proto_in({IPPROTO_UDP, IPPROTO_TCP})
+                                           .th_dport_eq(c.dns_intercept_port)
+                                           .tproxy_to_port(c.dns_port)
+                                           .accept()));
+  }
   if (c.intercept_tcp) {
     b.add_rule("prerouting", std::move(NftRule("TCP packets of established transparent sockets")
                                            .iif_eq(kLoopbackIfindex)

@@ -509,6 +509,62 @@ TEST_F(FirewallLab, UdpToARemoteAddressReachesTheTransparentSocket) {
   });
 }
 
+TEST_F(FirewallLab, DnsRulesWhenCaptureIsOn) {
+  FirewallConfig c;
+  c.dns_port = 15053;
+  c.block_dot = true;
+  ASSERT_NO_FATAL_FAILURE(install(c));
+  const std::string t = listing();
+  EXPECT_NE(t.find("meta l4proto { tcp, udp } th dport 53 meta mark set 0x000005d1 accept comment "
+                   "\"DNS to any server, local stubs included\""),
+            std::string::npos)
+      << t;
+  EXPECT_NE(t.find("th dport 853 counter packets 0 bytes 0 reject comment \"DNS over TLS refused"),
+            std::string::npos)
+      << t;
+  EXPECT_NE(t.find("iif \"lo\" meta mark 0x000005d1 meta l4proto { tcp, udp } th dport 53 tproxy to :15053 "
+                   "accept comment \"captured DNS to splitd's forwarder\""),
+            std::string::npos)
+      << t;
+  // The DNS rule comes before the local-destination rule, so stubs on 127/8 are captured.
+  EXPECT_LT(t.find("DNS to any server"), t.find("local, broadcast, multicast destinations")) << t;
+}
+
+TEST_F(FirewallLab, DnsToAnyServerAndToLocalStubsReachesTheForwarder) {
+  ASSERT_NO_FATAL_FAILURE(add_uplink());
+  FirewallConfig c;
+  c.dns_port = 15053;
+  c.block_dot = true;
+  ASSERT_NO_FATAL_FAILURE(install(c));
+  ns_->run_inside([&] {
+    Fd dns_udp = transparent_listener(SOCK_DGRAM, 15053);
+    Fd dns_tcp = transparent_listener(SOCK_STREAM, 15053);
+    Fd proxy = transparent_listener(SOCK_STREAM, kPort);
+    for (const std::string dst : {"198.51.100.7", "2001:db8:9::7", "127.0.0.53", "::1"}) {
+      socklen_t len;
+      auto addr = make_addr(dst, 53, len);
+      Fd client(::socket(addr.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+      ASSERT_EQ(::sendto(client.get(), "q", 1, 0, reinterpret_cast<sockaddr*>(&addr), len), 1)
+          << std::strerror(errno);
+      pollfd p{dns_udp.get(), POLLIN, 0};
+      ASSERT_EQ(::poll(&p, 1, 1000), 1) << "UDP DNS to " << dst << " did not reach the forwarder";
+      char data[16];
+      EXPECT_EQ(::recv(dns_udp.get(), data, sizeof data, 0), 1);
+      const std::string want = dst.find(':') == std::string::npos ? dst + ":53" : "[" + dst + "]:53";
+      EXPECT_EQ(probe_tcp(dns_tcp.get(), dst, 53), "intercepted " + want);
+    }
+    // Other TCP still goes to the proxy; DNS over TLS is refused at once.
+    EXPECT_EQ(probe_tcp(proxy.get(), "198.51.100.7", 80), "intercepted 198.51.100.7:80");
+    Fd dot = start_connect("198.51.100.7", 853);
+    pollfd p{dot.get(), POLLOUT, 0};
+    ASSERT_EQ(::poll(&p, 1, 1000), 1);
+    int err = 0;
+    socklen_t elen = sizeof err;
+    ::getsockopt(dot.get(), SOL_SOCKET, SO_ERROR, &err, &elen);
+    EXPECT_EQ(err, ECONNREFUSED) << std::strerror(err);
+  });
+}
+
 // ---- errors -----------------------------------------------------------------------------
 
 TEST_F(FirewallLab, AKernelRefusalNamesTheRule) {
