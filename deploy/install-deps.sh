@@ -10,6 +10,7 @@ PACKAGES=(
   cmake g++ make pkg-config git clang  # clang: the libFuzzer targets
   libboost1.81-dev libmnl-dev libnftnl-dev libcap-dev libtomlplusplus-dev
   nlohmann-json3-dev libsodium-dev
+  libknot-dev  # dns/: the DNS wire library (Knot DNS's, fuzzed in OSS-Fuzz)
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   # runtime and lab
   nftables iproute2 procps psmisc kmod dnsmasq-base curl bind9-dnsutils iperf3 nginx-light haproxy

@@ -59,7 +59,7 @@ run_fuzz() {
   echo "=== fuzz targets (clang libFuzzer, ${FUZZ_SECONDS}s each) in build-fuzz"
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPLITD_WERROR=OFF \
     -DSPLITD_BUILD_BENCH=OFF >/dev/null
-  local targets=(fuzz_api)
+  local targets=(fuzz_api fuzz_message)
   cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]}"
   mkdir -p build-fuzz/crashes
   local t
