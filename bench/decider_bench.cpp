@@ -1,14 +1,17 @@
 // One decision against 100,000 CIDR rules and 100,000 domain rules, and the cost of
-// building and swapping such a rule set. See bench/README.md.
+// building and swapping such a rule set; and one decision against 100,000 domain rules
+// with the real dns::NameStore holding 100,000 learned IPs. See bench/README.md.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "decider/decider.hpp"
+#include "dns/name_store.hpp"
 #include "fakes/interface_fixtures.hpp"
 
 namespace splitd::decider {
@@ -73,26 +76,39 @@ const World& world() {
 }
 
 // 1–2 names per destination, drawn from the address: a third match an exact rule, a
-// third a "*." rule (one or two labels below it), a third nothing.
+// third a "*." rule (one or two labels below it), a third nothing. The names are made once
+// into 4096 buckets (by address hash), so that the fake costs what a store's lookup costs
+// and not what making strings costs.
 class FakeNames final : public IpNames {
  public:
-  std::vector<std::string> names_for(const IpAddress& a) const override {
-    const auto b = a.bytes();
-    std::uint64_t h = 1469598103934665603ull;
-    for (auto x : b) h = (h ^ x) * 1099511628211ull;
+  FakeNames() {
     const World& w = world();
-    std::vector<std::string> out;
-    const auto one = [&](std::uint64_t k) {
-      switch (k % 3) {
-        case 0: out.push_back(w.exact_names[(k / 3) % w.exact_names.size()]); break;
-        case 1: out.push_back((k & 8 ? "cdn.www." : "www.") + w.wild_suffixes[(k / 3) % w.wild_suffixes.size()]); break;
-        default: out.push_back("unmatched" + std::to_string(k % 1000) + ".example.org");
-      }
-    };
-    one(h);
-    if (h & 16) one(h >> 20);
-    return out;
+    buckets_.resize(kBuckets);
+    for (std::uint64_t b = 0; b < kBuckets; ++b) {
+      const std::uint64_t h = (b * 0x9e3779b97f4a7c15ull) ^ (b << 7);
+      auto& out = buckets_[b];
+      const auto one = [&](std::uint64_t k) {
+        switch (k % 3) {
+          case 0: out.push_back(w.exact_names[(k / 3) % w.exact_names.size()]); break;
+          case 1: out.push_back((k & 8 ? "cdn.www." : "www.") + w.wild_suffixes[(k / 3) % w.wild_suffixes.size()]); break;
+          default: out.push_back("unmatched" + std::to_string(k % 1000) + ".example.org");
+        }
+      };
+      one(h);
+      if (h & 16) one(h >> 20);
+    }
   }
+  void visit_names(const IpAddress& a, NameVisitor& visitor) const override {
+    std::uint64_t h = 1469598103934665603ull;
+    for (auto x : a.bytes()) h = (h ^ x) * 1099511628211ull;
+    for (const std::string& n : buckets_[h % kBuckets]) {
+      if (visitor(n)) return;
+    }
+  }
+
+ private:
+  static constexpr std::uint64_t kBuckets = 4096;
+  std::vector<std::vector<std::string>> buckets_;
 };
 
 struct Fixture {
@@ -186,6 +202,118 @@ void BM_SetRules(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_SetRules);
+
+// ---- Domain rules against the real learned-names store ----
+//
+// 100,000 domain rules, "*.dN.example" (even N) and "www.dN.example" (odd N), and a
+// dns::NameStore holding 100,000 learned IPs (half IPv4, half IPv6) with 1-3 names each:
+// "api.dK.example" (a "*." rule when K is even), "www.dK.example" (an exact rule when K is
+// odd, none when even) and "hJ.unmatched.test" (no rule). Flows go to learned IPs.
+constexpr int kLearnedIps = 100'000;
+constexpr int kStoreDomainRules = 100'000;
+
+struct StoreFixture {
+  fakes::FakeInterfaceSource source{fakes::lab_host_state(true)};
+  dns::NameStore store;
+  std::unique_ptr<RuleDecider> decider;
+  std::vector<SessionInfo> flows;
+  StoreFixture() {
+    RuleSpec spec;
+    spec.mode = Mode::kExclude;
+    spec.domains.reserve(kStoreDomainRules);
+    for (int i = 0; i < kStoreDomainRules; ++i) {
+      spec.domains.push_back((i % 2 == 0 ? "*.d" : "www.d") + std::to_string(i) + ".example");
+    }
+    decider = std::make_unique<RuleDecider>(source, build_rules(spec), &store);
+    std::mt19937_64 rng(3);
+    std::vector<IpAddress> ips;
+    ips.reserve(kLearnedIps);
+    for (int i = 0; i < kLearnedIps; ++i) {
+      const IpAddress a = i % 2 == 0 ? random_v4(rng) : random_v6(rng);
+      std::vector<std::string> names;
+      const int count = 1 + static_cast<int>(rng() % 3);
+      for (int n = 0; n < count; ++n) {
+        const std::uint64_t k = rng() % (2 * kStoreDomainRules);  // half of them match no rule
+        switch (rng() % 3) {
+          case 0: names.push_back("api.d" + std::to_string(k) + ".example"); break;
+          case 1: names.push_back("www.d" + std::to_string(k) + ".example"); break;
+          default: names.push_back("h" + std::to_string(k) + ".unmatched.test");
+        }
+      }
+      store.learn(a, names, 3600);
+      ips.push_back(a);
+    }
+    for (int i = 0; i < kFlows; ++i) {
+      SessionInfo s;
+      s.dst = ips[rng() % ips.size()];
+      s.dst_port = 443;
+      flows.push_back(s);
+    }
+  }
+};
+
+StoreFixture& store_fixture() {
+  static StoreFixture f;
+  return f;
+}
+
+// Mean time per decision; with 2 threads, both proxy threads read the store at once.
+void BM_DecideLearned(benchmark::State& state) {
+  StoreFixture& f = store_fixture();
+  std::size_t i = static_cast<std::size_t>(state.thread_index()) * 977;
+  std::int64_t domain = 0;
+  for (auto _ : state) {
+    Route r = f.decider->decide(f.flows[i++ % f.flows.size()]);
+    domain += r.matched == MatchKind::kDomain;
+    benchmark::DoNotOptimize(r);
+  }
+  state.counters["domain_share"] =
+      benchmark::Counter(static_cast<double>(domain), benchmark::Counter::kAvgIterations);
+}
+BENCHMARK(BM_DecideLearned)->Threads(1)->Threads(2)->UseRealTime();
+
+// Each decision timed on its own: p50, p90, p99 in ns; and the store's size.
+void BM_DecideLearnedLatency(benchmark::State& state) {
+  StoreFixture& f = store_fixture();
+  constexpr std::size_t kSamples = 200'000;
+  std::vector<std::int64_t> ns(kSamples);
+  for (auto _ : state) {
+    for (std::size_t i = 0; i < kSamples; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      Route r = f.decider->decide(f.flows[i % f.flows.size()]);
+      benchmark::DoNotOptimize(r);
+      ns[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    }
+  }
+  std::sort(ns.begin(), ns.end());
+  state.counters["p50_ns"] = static_cast<double>(ns[kSamples / 2]);
+  state.counters["p90_ns"] = static_cast<double>(ns[kSamples * 9 / 10]);
+  state.counters["p99_ns"] = static_cast<double>(ns[kSamples * 99 / 100]);
+  state.counters["ips"] = static_cast<double>(f.store.size());
+  state.counters["names"] = static_cast<double>(f.store.names());
+  state.counters["store_MiB"] = static_cast<double>(f.store.memory_bytes()) / (1 << 20);
+  state.counters["bytes_per_name"] =
+      static_cast<double>(f.store.memory_bytes()) / static_cast<double>(f.store.names());
+}
+BENCHMARK(BM_DecideLearnedLatency)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// The store's lookup alone (the names visited, no rule matched).
+void BM_StoreVisit(benchmark::State& state) {
+  StoreFixture& f = store_fixture();
+  struct Count final : NameVisitor {
+    std::size_t n = 0;
+    bool operator()(std::string_view name) override {
+      n += name.size();
+      return false;
+    }
+  } count;
+  std::size_t i = 0;
+  for (auto _ : state) {
+    f.store.visit_names(f.flows[i++ % f.flows.size()].dst, count);
+  }
+  benchmark::DoNotOptimize(count.n);
+}
+BENCHMARK(BM_StoreVisit);
 
 }  // namespace
 }  // namespace splitd::decider

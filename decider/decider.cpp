@@ -1,5 +1,8 @@
 #include "decider/decider.hpp"
 
+#include <algorithm>
+#include <array>
+
 namespace splitd::decider {
 
 const char* to_string(Protocol p) { return p == Protocol::kTcp ? "tcp" : "udp"; }
@@ -53,7 +56,7 @@ Route resolve(RouteKind wanted, const IpAddress& dst, const iface::InterfaceSnap
   if (wanted == RouteKind::kTunnel) {
     const iface::Interface* tun = snap.tunnel();
     if (tun != nullptr && snap.tunnel_up()) {
-      if (tun->address_for(family)) return bound_to(RouteKind::kTunnel, *tun, family, rule);
+      if (tun->address_for(family)) return bound_to(RouteKind::kTunnel, *tun, family, std::move(rule));
       // A tunnel without an address of this family cannot carry the flow; sending it
       // direct would leak it, so it is refused whatever the kill switch says.
       return blocked(rule + "; tunnel " + tun->name + " has no " + fam + " address");
@@ -101,27 +104,97 @@ std::string display_name(std::string_view name) {
   return s;
 }
 
+// Visits the names of a destination and keeps, among those a domain rule matches, the
+// lexicographically smallest (as displayed), with its pattern and the count of all names.
+// The store's views die with each call, so the winner is copied into a fixed buffer: no
+// allocation until rule_text().
+class SmallestMatchingName final : public NameVisitor {
+ public:
+  explicit SmallestMatchingName(const DomainMatcher& index) : index_(index) {}
+
+  bool operator()(std::string_view name) override {
+    ++names_;  // every name counts, so no early stop
+    if (name.ends_with('.')) name.remove_suffix(1);
+    if (name.size() > DomainMatcher::kMaxName) return false;  // matches nothing
+    std::array<char, DomainMatcher::kMaxName> buf;
+    for (std::size_t i = 0; i < name.size(); ++i) buf[i] = lower(name[i]);
+    const std::string_view shown(buf.data(), name.size());
+    // A name that sorts after the best so far cannot win: spare the index its lookups
+    // (the suffix walk's cache misses are most of a decision's cost).
+    if (pattern_ != nullptr && shown >= best()) return false;
+    if (const std::string* p = index_.match(shown)) {
+      pattern_ = p;
+      std::copy(shown.begin(), shown.end(), best_.begin());
+      best_len_ = shown.size();
+    }
+    return false;
+  }
+
+  const std::string* pattern() const { return pattern_; }
+
+  // "domain *.x.com (a.x.com)", or "domain *.x.com (a.x.com; 1 of 3 names)".
+  std::string rule_text() const {
+    std::string r;
+    r.reserve(32 + pattern_->size() + best_len_);
+    r.append("domain ").append(*pattern_).append(" (").append(best());
+    if (names_ > 1) r.append("; 1 of ").append(std::to_string(names_)).append(" names");
+    r.append(")");
+    return r;
+  }
+
+  std::string_view best() const { return {best_.data(), best_len_}; }
+
+ private:
+  static char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+
+  const DomainMatcher& index_;
+  const std::string* pattern_ = nullptr;
+  std::array<char, DomainMatcher::kMaxName> best_;
+  std::size_t best_len_ = 0;
+  std::size_t names_ = 0;
+};
+
 }  // namespace
+
+namespace {
+
+bool match_app(const std::vector<AppSpec>& apps, const SessionInfo& info, RuleMatch& m) {
+  if (info.cgroup_path.empty() && info.comm.empty() && info.exe.empty()) return false;
+  for (const AppSpec& a : apps) {
+    if (app_matches(a, info.cgroup_path, info.comm, info.exe)) {
+      m.kind = MatchKind::kApp;
+      m.rule = "app " + a.name;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+RuleMatch RuleSet::match_name(const SessionInfo& client, std::string_view name) const {
+  RuleMatch m;
+  if (match_app(apps, client, m)) return m;
+  if (const std::string* p = domain_index_.match(name)) {
+    m.kind = MatchKind::kDomain;
+    m.domain = display_name(name);
+    m.rule = "domain " + *p + " (" + m.domain + ")";
+  }
+  return m;
+}
 
 RuleMatch RuleSet::match(const SessionInfo& info, const IpNames* names) const {
   RuleMatch m;
-  if (!info.cgroup_path.empty() || !info.comm.empty() || !info.exe.empty()) {
-    for (const AppSpec& a : apps) {
-      if (app_matches(a, info.cgroup_path, info.comm, info.exe)) {
-        m.kind = MatchKind::kApp;
-        m.rule = "app " + a.name;
-        return m;
-      }
-    }
-  }
+  if (match_app(apps, info, m)) return m;
   const IpAddress dst = info.dst.unmapped();
   if (names != nullptr && !domain_index_.empty()) {
-    for (const std::string& n : names->names_for(dst)) {
-      if (const std::string* p = domain_index_.match(n)) {
-        m.kind = MatchKind::kDomain;
-        m.rule = "domain " + *p + " (" + display_name(n) + ")";
-        return m;
-      }
+    SmallestMatchingName best(domain_index_);
+    names->visit_names(dst, best);
+    if (best.pattern() != nullptr) {
+      m.kind = MatchKind::kDomain;
+      m.rule = best.rule_text();
+      m.domain = best.best();
+      return m;
     }
   }
   if (built_) {
@@ -164,6 +237,24 @@ Route RuleDecider::decide(const SessionInfo& info) const {
   Route r = resolve(tunnel ? RouteKind::kTunnel : RouteKind::kDirect, info.dst.unmapped(), *snap,
                     rules->on_tunnel_down, std::move(m.rule));
   r.matched = m.kind;
+  r.domain = std::move(m.domain);
+  return r;
+}
+
+Route RuleDecider::decide_name(const SessionInfo& client, std::string_view name,
+                               IpAddress::Family upstream_family) const {
+  const auto rules = rules_.load();
+  const auto snap = interfaces_.snapshot();
+  RuleMatch m = rules->match_name(client, name);
+  const bool matched = m.kind != MatchKind::kNone;
+  const bool tunnel = (rules->mode == Mode::kExclude) != matched;
+  // resolve() picks the interface by the destination's family: that of the upstream.
+  const IpAddress family_of =
+      upstream_family == IpAddress::Family::kV4 ? IpAddress() : IpAddress::v6(in6addr_any);
+  Route r = resolve(tunnel ? RouteKind::kTunnel : RouteKind::kDirect, family_of, *snap,
+                    rules->on_tunnel_down, std::move(m.rule));
+  r.matched = m.kind;
+  r.domain = std::move(m.domain);
   return r;
 }
 

@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/atomic_shared_ptr.hpp"
@@ -60,6 +61,7 @@ struct Route {
   std::optional<IpAddress> source; // the interface's address of the flow's family
   std::string rule;                // what decided: "ip 10.0.0.0/8", "default", "kill switch"
   MatchKind matched = MatchKind::kNone;  // the kind of rule that matched, kNone = default
+  std::string domain;              // a domain rule decided: the name it matched
 };
 
 // Decides the route of new flows. Implementations are called from every proxy thread at
@@ -70,12 +72,25 @@ class Decider {
   virtual Route decide(const SessionInfo& info) const = 0;
 };
 
-// The names a destination IP was resolved from (filled from captured DNS answers). Called
-// from every proxy thread at once; must not block.
+// Receives the names an IP was resolved from, one call per name; return true to stop.
+// The view is valid only during the call (a store may recycle it afterwards), and the
+// visitor must not call back into the store it visits.
+class NameVisitor {
+ public:
+  virtual bool operator()(std::string_view name) = 0;
+
+ protected:
+  ~NameVisitor() = default;
+};
+
+// The names a destination IP was resolved from (filled from captured DNS answers, e.g.
+// dns::NameStore). Called from every proxy thread at once on every new flow: must not
+// block nor allocate. The order of the names is the store's own; callers must not depend
+// on it.
 class IpNames {
  public:
   virtual ~IpNames();
-  virtual std::vector<std::string> names_for(const IpAddress& ip) const = 0;
+  virtual void visit_names(const IpAddress& ip, NameVisitor& visitor) const = 0;
 };
 
 // The [split] rules as configured, before indexing.
@@ -91,6 +106,7 @@ struct RuleSpec {
 struct RuleMatch {
   MatchKind kind = MatchKind::kNone;
   std::string rule = "default";  // "app Slack", "domain *.x.com (a.x.com)", "ip 10.0.0.0/8"
+  std::string domain;            // kDomain: the name the rule matched (a.x.com)
 };
 
 // The rules of the current config with their lookup indexes, immutable once built
@@ -102,7 +118,17 @@ struct RuleSet : RuleSpec {
 
   // Precedence, first match wins: apps (in order), then domains (any name of the
   // destination that `names` knows; nullptr = none known), then ips (longest prefix).
+  // An IP often has several names (a CDN address shared by a.x.com and b.other.com). A
+  // name a domain rule matches wins over names that match nothing, because the rule is the
+  // user's explicit choice: that CDN IP follows the rule for a.x.com. Among the matching
+  // names the lexicographically smallest (lowercase, no trailing dot) decides, so the
+  // answer does not depend on the order in which the store keeps them; the rule text names
+  // it and, when the IP has more than one name, how many it has:
+  // "domain *.x.com (a.x.com; 1 of 3 names)". Allocates only the rule text.
   RuleMatch match(const SessionInfo& info, const IpNames* names) const;
+  // A DNS query's match: the client's app rules (when its app is known), then the domain
+  // rules on the queried name. IP rules do not apply to a name.
+  RuleMatch match_name(const SessionInfo& client, std::string_view name) const;
 
   std::size_t invalid_domains = 0;  // patterns build() skipped (config validates them first)
 
@@ -124,6 +150,10 @@ class RuleDecider final : public Decider {
   RuleDecider(const iface::InterfaceSource& interfaces, std::shared_ptr<const RuleSet> rules,
               const IpNames* names = nullptr);
   Route decide(const SessionInfo& info) const override;
+  // The route of a DNS query for `name` from `client`, towards an upstream of
+  // `upstream_family`: the same mode, kill switch and interfaces as a flow's.
+  Route decide_name(const SessionInfo& client, std::string_view name,
+                    IpAddress::Family upstream_family) const;
   void set_rules(std::shared_ptr<const RuleSet> rules) { rules_.store(std::move(rules)); }
   std::shared_ptr<const RuleSet> rules() const { return rules_.load(); }
 

@@ -2,7 +2,10 @@
 // each run in both modes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -15,16 +18,22 @@ namespace {
 
 using fakes::ip;
 
-// Every destination resolves to the names the test sets.
+// Every destination resolves to the names the test sets, visited in the order given.
 class FakeNames final : public IpNames {
  public:
-  std::vector<std::string> names_for(const IpAddress& a) const override {
+  void visit_names(const IpAddress& a, NameVisitor& visitor) const override {
     last_asked = a;
-    return names;
+    for (const std::string& n : names) {
+      if (visitor(n)) return;
+    }
   }
   std::vector<std::string> names;
   mutable IpAddress last_asked;
 };
+
+// Heap allocations made on this thread, counted by the replaced global operator new below
+// (to prove that a decision allocates only its rule text).
+thread_local std::size_t allocations = 0;
 
 RuleSpec main_spec(Mode mode) {
   RuleSpec s;
@@ -109,7 +118,12 @@ const std::vector<Row>& rows() {
       {"inner only, two labels", 0, kName, {"a.zz.yy.example.io"}, "", "", "", "default"},
       {"inner only, no lead", 0, kName, {"b.a.zz.example.io"}, "", "", "", "default"},
       {"no names known", 0, kName, {}, "", "", "", "default"},
-      {"several names", 0, kName, {"other.net", "www.example.com"}, "", "", "", "domain *.example.com (www.example.com)"},
+      {"several names", 0, kName, {"other.net", "www.example.com"}, "", "", "", "domain *.example.com (www.example.com; 1 of 2 names)"},
+      {"smallest matching name", 0, kName, {"b.x.com", "zz.example.com", "a.x.com"}, "", "", "", "domain *.x.com (a.x.com; 1 of 3 names)"},
+      {"match beats smaller unmatched", 0, kName, {"aaa.other.net", "www.example.com", "b.other.org"}, "", "", "", "domain *.example.com (www.example.com; 1 of 3 names)"},
+      {"smallest as displayed", 0, kName, {"b.x.com", "A.X.COM."}, "", "", "", "domain *.x.com (a.x.com; 1 of 2 names)"},
+      {"none of several match", 0, kName, {"a.other.net", "b.other.net"}, "", "", "", "default"},
+      {"none of several, ip", 0, "10.1.2.3", {"a.other.net", "b.other.net"}, "", "", "", "ip 10.1.2.3/32"},
       {"punycode", 0, kName, {"xn--bcher-kva.example"}, "", "", "", "domain xn--bcher-kva.example (xn--bcher-kva.example)"},
       {"non-ASCII never", 0, kName, {"b\xc3\xbc" "cher.example"}, "", "", "", "default"},
       {"domain beats ip", 0, "10.1.2.3", {"www.example.com"}, "", "", "", "domain *.example.com (www.example.com)"},
@@ -174,6 +188,47 @@ TEST(RuleEngine, NamesAreAskedForTheUnmappedAddress) {
   EXPECT_EQ(rules->match(s, &names).kind, MatchKind::kDomain);
   EXPECT_EQ(names.last_asked, ip("198.51.100.7"));
   EXPECT_EQ(rules->match(s, nullptr).kind, MatchKind::kNone);  // no names known
+}
+
+// The choice among several names does not depend on the order the store keeps them in.
+TEST(RuleEngine, SeveralNamesAreOrderIndependent) {
+  const auto rules = build_rules(main_spec(Mode::kExclude));
+  FakeNames names;
+  names.names = {"b.x.com", "nomatch.net", "www.example.com", "a.x.com", "x.com"};
+  std::sort(names.names.begin(), names.names.end());
+  SessionInfo s;
+  s.dst = ip(kName);
+  int orders = 0;
+  do {
+    const RuleMatch m = rules->match(s, &names);
+    EXPECT_EQ(m.kind, MatchKind::kDomain);
+    ASSERT_EQ(m.rule, "domain *.x.com (a.x.com; 1 of 5 names)");
+    ++orders;
+  } while (std::next_permutation(names.names.begin(), names.names.end()));
+  EXPECT_EQ(orders, 120);
+}
+
+// A decision visits the names without copying them: the rule text and the matched name
+// (which the session keeps for the listing) are its only allocations, and a decision
+// that no name decides allocates nothing.
+TEST(RuleEngine, NameMatchAllocatesOnlyTheRuleTextAndTheName) {
+  const auto rules = build_rules(main_spec(Mode::kExclude));
+  FakeNames names;
+  names.names = {"a-long-name-beyond-any-small-string.other.net", "b.x.com",
+                 "a-long-name-beyond-any-small-string.x.com"};
+  SessionInfo s;
+  s.dst = ip(kName);
+  std::size_t before = allocations;
+  RuleMatch m = rules->match(s, &names);
+  EXPECT_EQ(allocations - before, 2u);
+  EXPECT_EQ(m.rule, "domain *.x.com (a-long-name-beyond-any-small-string.x.com; 1 of 3 names)");
+  EXPECT_EQ(m.domain, "a-long-name-beyond-any-small-string.x.com");
+  names.names = {"a-long-name-beyond-any-small-string.other.net", "nomatch.example.org"};
+  s.dst = ip("10.1.2.3");
+  before = allocations;
+  m = rules->match(s, &names);
+  EXPECT_EQ(allocations - before, 0u);
+  EXPECT_EQ(m.rule, "ip 10.1.2.3/32");
 }
 
 TEST(RuleEngine, MatchKindsAndInvalidPatterns) {
@@ -243,3 +298,16 @@ TEST(RuleEngine, DecideWhileSwapping) {
 
 }  // namespace
 }  // namespace splitd::decider
+
+// Counting replacements of the global allocation functions (see `allocations`). The array
+// and sized forms forward to these by default.
+void* operator new(std::size_t size) {
+  ++splitd::decider::allocations;
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+// Out of line: inlined into a delete-expression, free() would make GCC report a
+// mismatched new/delete pair it cannot see is a matching replacement.
+[[gnu::noinline]] void release(void* p) noexcept { std::free(p); }
+void operator delete(void* p) noexcept { release(p); }
+void operator delete(void* p, std::size_t) noexcept { release(p); }
