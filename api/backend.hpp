@@ -1,6 +1,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -12,6 +13,7 @@
 #include "common/ip_address.hpp"
 #include "config/config.hpp"
 #include "decider/decider.hpp"
+#include "dns/forwarder.hpp"
 #include "iface/interface_snapshot.hpp"
 #include "proxy/session_table.hpp"
 
@@ -47,7 +49,9 @@ struct Status {
   bool tunnel_up = false;
   std::string physical_interface;   // IPv4's, else IPv6's; "" = none
   std::string physical_interface6;  // "" = none
-  std::vector<IpAddress> dns_servers;
+  bool dns_enabled = false;                 // DNS capture on ([dns] enabled)
+  std::vector<IpAddress> dns_servers;         // upstreams of tunnel-routed names
+  std::vector<IpAddress> dns_direct_servers;  // of direct-routed names, in use (configured or the system's)
   std::uint64_t sessions_active = 0;
   std::uint64_t sessions_total = 0;
   std::uint64_t bytes_sent = 0;
@@ -78,9 +82,26 @@ struct DaemonCounters {
   std::uint64_t vpn_servers = 0;               // VPN servers never intercepted (gauge)
 };
 
+// GET /api/v1/dns/cache: one learned ip -> names entry.
+struct DnsEntry {
+  IpAddress ip;
+  std::vector<std::string> names;  // most recent first
+  std::chrono::system_clock::time_point expires_at;  // the latest name's TTL (matching lasts `grace` longer)
+  std::string source;              // "dns" (a captured answer), "state" (kept across a restart)
+};
+
+// The DNS capture's figures for /metrics.
+struct DnsMetrics {
+  bool enabled = false;
+  dns::ForwarderStats forwarder;
+  std::uint64_t names = 0;        // learned IPs (gauge)
+  std::uint64_t names_bytes = 0;  // heap the learned names hold (gauge)
+};
+
 struct MetricsSnapshot {
   proxy::CounterTotals sessions;
   DaemonCounters daemon;
+  DnsMetrics dns;
   bool enabled = true;
   bool tunnel_up = false;
   std::chrono::system_clock::time_point started_at;
@@ -114,6 +135,10 @@ class Backend {
 
   virtual std::shared_ptr<const iface::InterfaceSnapshot> interfaces() const = 0;
   virtual MetricsSnapshot metrics() const = 0;
+
+  // The learned names (empty when DNS capture is off); flush returns how many it removed.
+  virtual std::vector<DnsEntry> dns_cache() const = 0;
+  virtual std::size_t flush_dns_cache() = 0;
 };
 
 }  // namespace splitd::api

@@ -60,6 +60,13 @@ std::string to_lower(std::string_view s) {
   return out;
 }
 
+// `needle` (already lower case) inside `hay`, ASCII case-insensitively; no allocation (it
+// runs once per learned name).
+bool icontains(std::string_view hay, std::string_view needle) {
+  return std::search(hay.begin(), hay.end(), needle.begin(), needle.end(),
+                     [](char h, char n) { return lower(h) == n; }) != hay.end();
+}
+
 std::string in_quotes(std::string_view s) {
   // For messages only: keep them short and on one line.
   std::string out = "'";
@@ -157,6 +164,7 @@ enum class Endpoint {
   kIps,
   kIp,
   kInterfaces,
+  kDnsCache,
 };
 
 struct Match {
@@ -178,6 +186,7 @@ std::optional<Match> route(const std::vector<std::string>& s) {
     return std::nullopt;
   }
   if (n == 4 && a == "connections") return Match{Endpoint::kConnection, {verb::delete_}};
+  if (n == 4 && a == "dns" && s[3] == "cache") return Match{Endpoint::kDnsCache, {verb::get, verb::delete_}};
   if (a != "split") return std::nullopt;
   const std::string& b = s[3];
   if (n == 4) {
@@ -534,6 +543,63 @@ struct Handler {
     return {std::move(res), std::nullopt};
   }
 
+  // GET /api/v1/dns/cache[?ip=ADDR][&name=TEXT]: sorted by address. Written straight into
+  // the body like the connections: the store holds up to dns.max_names entries.
+  Reply dns_cache_get() const {
+    if (auto e = check_query(query, {"ip", "name"})) return fail(*e);
+    std::optional<IpAddress> ip;
+    if (const auto* v = query_value(query, "ip")) {
+      ip = IpAddress::parse(*v);
+      if (!ip) {
+        return fail(bad("ip: " + in_quotes(*v) + " is not an IPv4 or IPv6 address" +
+                        (v->find('/') != std::string::npos ? " (give one address, not a prefix)" : "")));
+      }
+      ip = ip->unmapped();
+    }
+    std::string name;
+    if (const auto* v = query_value(query, "name")) {
+      if (v->empty() || v->size() > 256) return fail(bad("name: give a part of a name, 1 to 256 characters"));
+      name = to_lower(*v);
+    }
+    std::vector<DnsEntry> entries;
+    if (backend.status().dns_enabled) entries = backend.dns_cache();
+    std::vector<const DnsEntry*> shown;
+    shown.reserve(entries.size());
+    for (const auto& e : entries) {
+      if (ip && e.ip.unmapped() != *ip) continue;
+      if (!name.empty() && std::none_of(e.names.begin(), e.names.end(), [&name](const std::string& n) {
+            return icontains(n, name);
+          })) {
+        continue;
+      }
+      shown.push_back(&e);
+    }
+    std::sort(shown.begin(), shown.end(), [](const DnsEntry* a, const DnsEntry* b) { return a->ip < b->ip; });
+    std::string body;
+    body.reserve(64 + shown.size() * 120);
+    body += "{\"entries\":[";
+    for (std::size_t i = 0; i < shown.size(); ++i) {
+      if (i > 0) body += ',';
+      append_dns_entry(body, *shown[i]);
+    }
+    body += "],\"count\":";
+    body += std::to_string(shown.size());
+    body += "}\n";
+    Response res{http::status::ok, version};
+    res.set(http::field::content_type, "application/json");
+    res.set(http::field::cache_control, "no-store");
+    res.body() = std::move(body);
+    return {std::move(res), std::nullopt};
+  }
+
+  // DELETE /api/v1/dns/cache: forgets every learned name. Running flows keep their route;
+  // new ones to those addresses are decided without a name until an answer names them again.
+  Reply dns_cache_delete() const {
+    if (auto e = check_query(query, {})) return fail(*e);
+    const std::uint64_t flushed = backend.status().dns_enabled ? backend.flush_dns_cache() : 0;
+    return ok(200, {{"flushed", flushed}});
+  }
+
   Reply metrics() const {
     static const ApiStats kNone{};
     Response res{http::status::ok, version};
@@ -598,6 +664,7 @@ Reply dispatch(const Request& req, const RequestContext& ctx, Backend& backend) 
     case Endpoint::kIps: return h.no_query_or(&Handler::ip_add);
     case Endpoint::kIp: return h.no_query_or(&Handler::ip_remove);
     case Endpoint::kInterfaces: return h.no_query_or(&Handler::interfaces);
+    case Endpoint::kDnsCache: return method == verb::get ? h.dns_cache_get() : h.dns_cache_delete();
   }
   return fail(404, "no such endpoint");
 }

@@ -229,10 +229,34 @@ json connection_update_json(const proxy::SessionView& s) {
           {"idle_ms", s.idle.count()}};
 }
 
+json dns_entry_json(const DnsEntry& e) {
+  return {{"ip", e.ip.to_string()},
+          {"names", strings_json(e.names)},
+          {"expires_at", format_time(e.expires_at)},
+          {"source", e.source}};
+}
+
+void append_dns_entry(std::string& out, const DnsEntry& e) {
+  out += "{\"ip\":\"";
+  out += e.ip.to_string();
+  out += "\",\"names\":[";
+  for (std::size_t i = 0; i < e.names.size(); ++i) {
+    if (i > 0) out += ',';
+    append_json_string(out, e.names[i]);
+  }
+  out += "],\"expires_at\":\"";
+  out += format_time(e.expires_at);
+  out += "\",\"source\":";
+  append_json_string(out, e.source);
+  out += '}';
+}
+
 json status_json(const Status& st, std::chrono::system_clock::time_point now) {
   const char* state = !st.enabled ? "disabled" : !st.warnings.empty() ? "degraded" : "running";
   json dns = json::array();
   for (const auto& ip : st.dns_servers) dns.push_back(ip.to_string());
+  json dns_direct = json::array();
+  for (const auto& ip : st.dns_direct_servers) dns_direct.push_back(ip.to_string());
   const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(now - st.started_at).count();
   return {{"status", state},
           {"enabled", st.enabled},
@@ -241,7 +265,9 @@ json status_json(const Status& st, std::chrono::system_clock::time_point now) {
           {"tunnel_up", st.tunnel_up},
           {"physical_interface", string_or_null(st.physical_interface)},
           {"physical_interface6", string_or_null(st.physical_interface6)},
+          {"dns_enabled", st.dns_enabled},
           {"dns_servers", std::move(dns)},
+          {"dns_direct_servers", std::move(dns_direct)},
           {"sessions_active", st.sessions_active},
           {"sessions_total", st.sessions_total},
           {"bytes_sent", st.bytes_sent},

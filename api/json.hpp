@@ -29,6 +29,10 @@ void append_json_string(std::string& out, std::string_view text);
 // The counters a watch stream's "updated" entries carry.
 nlohmann::json connection_update_json(const proxy::SessionView& s);
 nlohmann::json status_json(const Status& status, std::chrono::system_clock::time_point now);
+// GET /api/v1/dns/cache's entry {ip, names, expires_at, source}, and the same document
+// written straight into `out` (the cache holds up to dns.max_names = 200,000 entries).
+nlohmann::json dns_entry_json(const DnsEntry& e);
+void append_dns_entry(std::string& out, const DnsEntry& e);
 nlohmann::json rules_json(const Rules& rules);
 nlohmann::json error_json(const ApiError& error);
 

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "decider/decider.hpp"
+#include "dns/forwarder.hpp"
 #include "proxy/counters.hpp"
 
 namespace splitd::api {
@@ -47,10 +48,10 @@ class Writer {
     out_ += std::to_string(v);
     out_ += '\n';
   }
-  void sample(std::string_view name, std::initializer_list<Label> labels, double v) {
+  void sample(std::string_view name, std::initializer_list<Label> labels, double v, int decimals = 3) {
     head(name, labels);
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%.3f", v);
+    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
     out_ += buf;
     out_ += '\n';
   }
@@ -93,6 +94,64 @@ void per_protocol(Writer& w, std::string_view name, std::string_view type, std::
 void scalar(Writer& w, std::string_view name, std::string_view type, std::string_view help, std::uint64_t v) {
   w.family(name, type, help);
   w.sample(name, {}, v);
+}
+
+// Microseconds as seconds without float noise or trailing zeros: 250 -> "0.00025".
+std::string seconds_of_us(std::uint32_t us) {
+  std::string out = std::to_string(us / 1'000'000);
+  std::string frac = std::to_string(us % 1'000'000);
+  frac.insert(0, 6 - frac.size(), '0');
+  while (!frac.empty() && frac.back() == '0') frac.pop_back();
+  if (!frac.empty()) out += "." + frac;
+  return out;
+}
+
+// The DNS capture's families; all but splitd_dns_enabled only while it is on.
+void dns_metrics(Writer& w, const DnsMetrics& d) {
+  scalar(w, "splitd_dns_enabled", "gauge", "1 while DNS capture is on (dns.enabled).", d.enabled ? 1 : 0);
+  if (!d.enabled) return;
+  const auto& f = d.forwarder;
+
+  // 4 routes x 7 results would be 28 series, most of them zero forever: only those that
+  // happened, plus the two that every working setup has.
+  w.family("splitd_dns_queries_total", "counter", "Captured DNS queries, by the route of the name and what became of them.");
+  for (std::size_t r = 0; r < dns::kQueryRoutes; ++r) {
+    for (std::size_t q = 0; q < dns::kQueryResults; ++q) {
+      const auto route = static_cast<dns::QueryRoute>(r);
+      const auto result = static_cast<dns::QueryResult>(q);
+      const bool always = result == dns::QueryResult::kAnswered &&
+                          (route == dns::QueryRoute::kTunnel || route == dns::QueryRoute::kDirect);
+      if (f.queries[r][q] == 0 && !always) continue;
+      w.sample("splitd_dns_queries_total", {{"route", dns::to_string(route)}, {"result", dns::to_string(result)}},
+               f.queries[r][q]);
+    }
+  }
+  w.family("splitd_dns_malformed_total", "counter", "DNS messages that did not parse: client queries, upstream answers.");
+  w.sample("splitd_dns_malformed_total", {{"what", "query"}}, f.malformed_queries);
+  w.sample("splitd_dns_malformed_total", {{"what", "answer"}}, f.malformed_answers);
+  scalar(w, "splitd_dns_upstream_timeouts_total", "counter", "Upstream DNS tries that timed out.", f.upstream_timeouts);
+  scalar(w, "splitd_dns_upstream_errors_total", "counter",
+         "Upstream DNS tries that failed (send, connect or read error, SERVFAIL, REFUSED).", f.upstream_errors);
+  scalar(w, "splitd_dns_tcp_retries_total", "counter", "Truncated UDP answers asked again over TCP.", f.tcp_retries);
+  scalar(w, "splitd_dns_tcp_clients_total", "counter", "DNS client connections accepted over TCP.", f.tcp_clients);
+
+  // The struct counts per bucket; the text format wants cumulative `le` buckets. _count is
+  // the +Inf bucket, so the two agree even if the figures were read mid-update.
+  constexpr std::string_view kLatency = "splitd_dns_upstream_latency_seconds";
+  w.family(kLatency, "histogram", "Time from sending a query upstream to its answer.");
+  const std::string bucket = std::string(kLatency) + "_bucket";
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < f.latency_buckets.size(); ++i) {
+    cumulative += f.latency_buckets[i];
+    const std::string le = i < dns::kLatencyBoundsUs.size() ? seconds_of_us(dns::kLatencyBoundsUs[i]) : "+Inf";
+    w.sample(bucket, {{"le", le}}, cumulative);
+  }
+  w.sample(std::string(kLatency) + "_sum", {}, f.latency_sum_seconds, 6);
+  w.sample(std::string(kLatency) + "_count", {}, cumulative);
+
+  scalar(w, "splitd_dns_cache_entries", "gauge", "Answers in the DNS answer cache.", f.cache_entries);
+  scalar(w, "splitd_dns_names", "gauge", "Addresses with learned names (ip -> names entries).", d.names);
+  scalar(w, "splitd_dns_names_bytes", "gauge", "Memory the learned names hold.", d.names_bytes);
 }
 
 }  // namespace
@@ -182,6 +241,8 @@ std::string metrics_text(const MetricsSnapshot& m, const ApiStats& api) {
   w.sample("splitd_rules", {{"kind", "domain"}}, m.rules_domains);
   w.sample("splitd_rules", {{"kind", "ip"}}, m.rules_ips);
   scalar(w, "splitd_vpn_servers", "gauge", "VPN servers whose traffic is never intercepted.", d.vpn_servers);
+
+  dns_metrics(w, m.dns);
 
   w.family("splitd_api_requests_total", "counter", "API requests answered, by status code.");
   for (std::size_t i = 0; i < ApiStats::kCodes.size(); ++i) {

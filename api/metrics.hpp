@@ -25,7 +25,9 @@ struct ApiStats {
 };
 
 // The Prometheus text exposition (format 0.0.4) of the daemon's figures and the API's own:
-// HELP and TYPE for every family, every label combination present from the start.
+// HELP and TYPE for every family, every label combination present from the start (except
+// splitd_dns_queries_total: the combinations seen, plus answered for tunnel and direct).
+// The splitd_dns_* families other than splitd_dns_enabled appear only while capture is on.
 std::string metrics_text(const MetricsSnapshot& m, const ApiStats& api);
 
 }  // namespace splitd::api

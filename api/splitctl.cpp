@@ -412,10 +412,21 @@ std::optional<std::string> status_text(std::string_view text, Clock::time_point 
     uptime = std::chrono::duration_cast<std::chrono::seconds>(now - *started);
   }
   row("uptime", uptime ? format_duration(*uptime) : "?");
-  if (const auto it = s.find("dns_servers"); it != s.end() && it->is_array() && !it->empty()) {
+  auto servers_of = [&s](const char* key) -> std::optional<std::string> {
+    const auto it = s.find(key);
+    if (it == s.end() || !it->is_array()) return std::nullopt;
     std::string servers;
     for (const auto& d : *it) servers += (servers.empty() ? "" : ", ") + text_of(d);
-    row("dns", servers);
+    return servers;
+  };
+  const auto tunnel_dns = servers_of("dns_servers"), direct_dns = servers_of("dns_direct_servers");
+  if (s.contains("dns_enabled") && !bool_of(s, "dns_enabled", true)) {
+    row("dns", "capture off (dns.enabled = false)");
+  } else if (direct_dns) {  // a daemon with DNS capture: both upstream sets
+    row("dns", "tunnel " + (tunnel_dns && !tunnel_dns->empty() ? *tunnel_dns : std::string("none")) + "; direct " +
+                   (direct_dns->empty() ? "none (no system resolver found)" : *direct_dns));
+  } else if (tunnel_dns && !tunnel_dns->empty()) {
+    row("dns", *tunnel_dns);
   }
   std::string version = str(s, "version", "?");
   if (const std::string rev = str(s, "git_revision", ""); !rev.empty()) version += " (git " + rev + ")";
@@ -712,7 +723,8 @@ struct CommandInfo {
 constexpr CommandInfo kCommands[] = {
     {"status", "status", "the daemon's state, interfaces, sessions, traffic, warnings",
      "The daemon's state: enabled or not, mode, tunnel and physical interfaces,\n"
-     "sessions, traffic, uptime, version and any warnings."},
+     "sessions, traffic, uptime, the DNS upstreams (of tunnel-routed and of\n"
+     "direct-routed names), version and any warnings."},
     {"connections", "connections [--route R] [--protocol P] [--app NAME] [--watch [MS]]",
      "live sessions as a table; --watch follows the changes",
      "The live sessions as a table. The filters are combined with AND:\n"
@@ -749,7 +761,14 @@ constexpr CommandInfo kCommands[] = {
     {"metrics", "metrics", "the Prometheus metrics text", "The Prometheus metrics text, unchanged."},
     {"version", "version", "splitctl's version and the daemon's",
      "splitctl's version, and the daemon's when it answers."},
-    {"dns", "dns", "(not available in this build yet)", "Not available in this build yet."},
+    {"dns", "dns [--ip ADDR] [--name TEXT] | dns flush", "the names learned from DNS answers; flush forgets them",
+     "The addresses splitd learned names for from the DNS answers it captured (what\n"
+     "domain rules match a connection's destination against), sorted by address:\n"
+     "when each expires (an expired one still matches for dns.grace), where it came\n"
+     "from (dns: an answer, state: kept across a restart) and its names.\n"
+     "  --ip ADDR    only that address      --name TEXT   only names containing TEXT\n"
+     "`dns flush` forgets every learned name: new flows to those addresses are decided\n"
+     "without a name until an answer names them again (running flows keep their route)."},
     {"exec", "exec --route direct|tunnel -- CMD [ARGS...]", "(not available in this build yet)",
      "Not available in this build yet."},
     {"help", "help [COMMAND]", "this text, or a command's", "This text, or a command's."},
@@ -1275,9 +1294,95 @@ int cmd_version(Ctl& ctl, const Parsed& p) {
   return kOk;
 }
 
+// "in 4m12s", or "expired 30s ago (grace)": the daemon keeps an expired entry only while
+// it still matches (dns.grace).
+std::string expires_cell(const json& e, Clock::time_point now) {
+  const auto expires = parse_timestamp(str(e, "expires_at", ""));
+  if (!expires) return "-";
+  const auto left = std::chrono::duration_cast<std::chrono::seconds>(*expires - now);
+  if (left.count() >= 0) return "in " + format_duration(left);
+  return "expired " + format_duration(-left) + " ago (grace)";
+}
+
+std::string names_cell(const json& e) {
+  const auto it = e.find("names");
+  if (it == e.end() || !it->is_array() || it->empty()) return "-";
+  std::string out;
+  for (const auto& n : *it) out += (out.empty() ? "" : ", ") + text_of(n);
+  return out;
+}
+
+int cmd_dns(Ctl& ctl, const Parsed& p) {
+  const bool filtered = p.has("--ip") || p.has("--name");
+  if (!p.positional.empty()) {
+    if (p.positional[0] != "flush") {
+      return ctl.usage_error("'" + p.positional[0] + "' is not a dns subcommand (only flush)", "dns");
+    }
+    if (p.positional.size() > 1 || filtered) return ctl.usage_error("dns flush takes no arguments", "dns");
+    int code = kOk;
+    auto r = ctl.call("DELETE", "/api/v1/dns/cache", code);
+    if (!r) return code;
+    if (ctl.globals().json) {
+      ctl.print_json(r->body);
+      return kOk;
+    }
+    const auto flushed = uint_of(parse_json(r->body), "flushed");
+    if (!flushed) return ctl.bad_answer("the flush answer");
+    ctl.io().out << "flushed " << plural(*flushed, "learned name", "learned names") << "\n";
+    return kOk;
+  }
+  if (p.has("--ip") && p.get("--ip").empty()) return ctl.usage_error("--ip needs an address", "dns");
+  if (p.has("--name") && p.get("--name").empty()) return ctl.usage_error("--name needs a part of a name", "dns");
+  int code = kOk;
+  auto r = ctl.call("GET", "/api/v1/dns/cache" + query_of(p, {"ip", "name"}), code);
+  if (!r) return code;
+  if (ctl.globals().json) {
+    ctl.print_json(r->body);
+    return kOk;
+  }
+  const json doc = parse_json(r->body);
+  if (!doc.is_object() || !doc.contains("entries") || !doc["entries"].is_array()) {
+    return ctl.bad_answer("the learned names");
+  }
+  const json& entries = doc["entries"];
+  Io& io = ctl.io();
+  io.out << plural(entries.size(), "learned address", "learned addresses") << "\n";
+  if (entries.empty()) {
+    if (filtered) {
+      io.out << "none matches";
+      if (p.has("--ip")) io.out << " --ip " << p.get("--ip");
+      if (p.has("--name")) io.out << " --name " << p.get("--name");
+      io.out << " (`splitctl dns` lists them all)\n";
+      return kOk;
+    }
+    // Why nothing: capture off, or nothing resolved through splitd yet. One more request,
+    // and its failure only costs the hint.
+    auto st = ctl.client().request("GET", "/api/v1/status");
+    if (!st && st.error().kind == api::ClientErrorKind::kInterrupted) return ctl.report(st.error());
+    const json status = st && st->status / 100 == 2 ? parse_json(st->body) : json();
+    if (status.is_object() && status.contains("dns_enabled") && !bool_of(status, "dns_enabled", true)) {
+      io.out << "DNS capture is off (dns.enabled = false in splitd's config): no names are learned from"
+                " DNS answers\n";
+    } else if (status.is_object()) {
+      io.out << "none learned yet: names come from the DNS answers splitd captures; an application that\n"
+                "resolves over DNS-over-HTTPS or DNS-over-TLS bypasses it (see dns.doh_canary, dns.block_dot)\n";
+    }
+    return kOk;
+  }
+  std::vector<std::vector<std::string>> rows;
+  rows.reserve(entries.size());
+  const auto now = io.now();
+  for (const auto& e : entries) {
+    rows.push_back({str(e, "ip"), expires_cell(e, now), str(e, "source"), names_cell(e)});
+  }
+  io.out << render_table({{"IP"}, {"EXPIRES"}, {"SOURCE"}, {"NAMES", false, true, false}}, rows,
+                         io.terminal_width());
+  return kOk;
+}
+
 int cmd_not_yet(Ctl& ctl, std::string_view name) {
-  ctl.io().err << "splitctl: `" << name << "` is not available in this build yet (it comes with "
-               << (name == "dns" ? "the DNS capture" : "splitd's exec cgroups") << ")\n";
+  ctl.io().err << "splitctl: `" << name << "` is not available in this build yet (it comes with splitd's exec"
+               << " cgroups)\n";
   return kUsage;
 }
 
@@ -1293,10 +1398,12 @@ const OptionSpec& options_of(std::string_view command) {
       {"--route", Arg::kValue}, {"--protocol", Arg::kValue}, {"--app", Arg::kValue}, {"--all", Arg::kFlag}};
   static const OptionSpec kAdd = {{"--cgroup", Arg::kValue}, {"--comm", Arg::kValue}, {"--path", Arg::kValue}};
   static const OptionSpec kExec = {{"--route", Arg::kValue}};
+  static const OptionSpec kDns = {{"--ip", Arg::kValue}, {"--name", Arg::kValue}};
   if (command == "connections") return kConnections;
   if (command == "kill") return kKill;
   if (command == "add") return kAdd;
   if (command == "exec") return kExec;
+  if (command == "dns") return kDns;
   return kNone;
 }
 
@@ -1393,7 +1500,7 @@ int run_splitctl(std::vector<std::string> args, Io& io) {
     return kOk;
   }
   Ctl ctl(io, std::move(*globals));
-  if (command == "dns" || command == "exec") return cmd_not_yet(ctl, command);
+  if (command == "exec") return cmd_not_yet(ctl, command);
   auto parsed = parse_args(args, options_of(command));
   if (!parsed) return ctl.usage_error(parsed.error(), command);
   const Parsed& p = *parsed;
@@ -1409,6 +1516,7 @@ int run_splitctl(std::vector<std::string> args, Io& io) {
   if (command == "interfaces") return cmd_interfaces(ctl, p);
   if (command == "metrics") return cmd_metrics(ctl, p);
   if (command == "version") return cmd_version(ctl, p);
+  if (command == "dns") return cmd_dns(ctl, p);
   return ctl.usage_error("no command '" + command + "'");
 }
 

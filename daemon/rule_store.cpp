@@ -38,7 +38,8 @@ bool erase_app(std::vector<config::AppRule>& apps, const std::string& name) {
 api::ApiError conflict(const std::string& what) { return {409, "conflict", what + " is already in force"}; }
 api::ApiError missing(const std::string& what) { return {404, "not found", what + " is not in force"}; }
 
-// mkdir -p with mode 0755 for each created component.
+}  // namespace
+
 bool make_dirs(const std::string& dir) {
   std::string path;
   std::stringstream parts(dir);
@@ -50,8 +51,6 @@ bool make_dirs(const std::string& dir) {
   }
   return true;
 }
-
-}  // namespace
 
 RuleStore::RuleStore(config::SplitSection base, std::string state_dir)
     : base_(std::move(base)), dir_(std::move(state_dir)), path_(dir_ + "/rules.json") {}

@@ -10,6 +10,9 @@
 
 namespace splitd::daemon {
 
+// mkdir -p, mode 0755 for each directory it creates; false (errno set) on failure.
+bool make_dirs(const std::string& dir);
+
 // The rules in force: the config's [split] plus the edits made over the API, kept in
 // `state_dir`/rules.json (written to a temporary file, fsynced, renamed). The model:
 //   in force = (config's entries − removed) + added;  mode = the API's mode, else the config's.

@@ -19,6 +19,8 @@
 #include "common/log.hpp"
 #include "common/version.hpp"
 #include "decider/decider.hpp"
+#include "dns/forwarder.hpp"
+#include "dns/name_store.hpp"
 #include "firewall/firewall.hpp"
 #include "firewall/vpn_coexistence.hpp"
 #include "iface/interface_cache.hpp"
@@ -37,6 +39,9 @@ constexpr int kExitOk = 0;
 constexpr int kExitRuntime = 2;
 constexpr auto kRepairEvery = std::chrono::seconds(5);
 constexpr auto kSummaryEvery = std::chrono::seconds(60);
+// Learned names are written to the state dir this often (and at stop), so that a crash
+// loses at most this much of them.
+constexpr auto kNamesSaveEvery = std::chrono::minutes(5);
 constexpr auto kRepairBackoff = std::chrono::seconds(1);
 constexpr int kControlNice = 10;
 
@@ -61,6 +66,9 @@ firewall::FirewallConfig firewall_of(const config::Config& c) {
   f.intercept_tcp = true;
   f.intercept_udp = true;
   f.never_intercept = c.firewall.never_intercept;
+  f.dns_port = c.dns.enabled ? c.dns.forwarder_port : 0;
+  f.dns_intercept_port = c.dns.intercept_port;
+  f.block_dot = c.dns.block_dot;
   return f;
 }
 
@@ -218,9 +226,24 @@ int Runtime::start() {
   cache_->start();
   stack_.push("interface cache", [this] { cache_->stop(); });
 
-  decider_ = std::make_unique<decider::RuleDecider>(*cache_, rules_of(store_.effective(), cfg_.firewall.on_tunnel_down));
+  dns::NameStore::Options nopts;
+  nopts.max_entries = cfg_.dns.max_names;
+  nopts.ttl_floor = std::chrono::duration_cast<std::chrono::seconds>(cfg_.dns.ttl_floor);
+  nopts.grace = std::chrono::duration_cast<std::chrono::seconds>(cfg_.dns.grace);
+  names_ = std::make_unique<dns::NameStore>(nopts);
+  if (cfg_.dns.enabled) {
+    // The names learned before a restart still name the connections apps open with
+    // answers they cached.
+    if (auto n = names_->load(names_path()); !n) {
+      log::warn("dns: ", n.error(), "; starting with no learned names");
+    } else if (*n > 0) {
+      log::info("dns: ", *n, " learned names kept from ", names_path());
+    }
+  }
+  decider_ = std::make_unique<decider::RuleDecider>(
+      *cache_, rules_of(store_.effective(), cfg_.firewall.on_tunnel_down), names_.get());
   sessions_ = std::make_unique<proxy::SessionTable>();
-  classifier_ = std::make_unique<proxy::Classifier>(*decider_);
+  classifier_ = std::make_unique<proxy::Classifier>(*decider_, cfg_.dns.enabled ? names_.get() : nullptr);
 
   // The API socket exists from here on; requests wait until the executor runs, and get
   // 503 until everything below is up.
@@ -269,6 +292,8 @@ int Runtime::start() {
   udp_ = std::make_unique<proxy::UdpProxy>(uopts, *classifier_, *sessions_);
   if (auto r = udp_->start(); !r) return fail("udp proxy: " + r.error());
   stack_.push("udp proxy", [this] { udp_->stop(std::chrono::milliseconds(300)); });
+
+  if (int rc = start_dns(); rc != kExitOk) return rc;
 
   if (enabled_) {
     if (auto r = firewall_->install(*fwcfg_); !r) return fail("firewall: " + r.error().message);
@@ -336,6 +361,96 @@ void Runtime::stop() {
   }
 }
 
+// ---- DNS -------------------------------------------------------------------------------
+
+std::string Runtime::names_path() const { return cfg_.daemon.state_dir + "/dns-names"; }
+
+int Runtime::start_dns() {
+  if (!cfg_.dns.enabled) {
+    log::info("dns: capture off (dns.enabled = false): DNS is ordinary UDP/TCP under the IP rules");
+    return kExitOk;
+  }
+  dns::ForwarderOptions o;
+  o.port = cfg_.dns.forwarder_port;
+  o.ipv6 = cfg_.firewall.ipv6;
+  o.bypass_mark = cfg_.firewall.bypass_mark;
+  o.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg_.dns.timeout);
+  o.cache_ttl = std::chrono::duration_cast<std::chrono::seconds>(cfg_.dns.cache_ttl);
+  o.doh_canary = cfg_.dns.doh_canary;
+  forwarder_ = std::make_unique<dns::Forwarder>(*decider_, *names_, o);
+  dns::Upstreams up;
+  up.tunnel = cfg_.dns.servers;
+  up.direct = cfg_.dns.direct_servers;
+  if (up.direct.empty()) up.system = dns::system_resolvers();
+  // Listeners first, like the proxies: the capture must never steer queries to a port
+  // nobody listens on.
+  if (auto r = forwarder_->start(up); !r) return fail(r.error());
+  stack_.push("dns forwarder", [this] {
+    forwarder_->stop();
+    save_names();
+  });
+  const auto list = [](const std::vector<IpAddress>& v) {
+    std::string out;
+    for (const auto& ip : v) out += (out.empty() ? "" : ", ") + ip.to_string();
+    return out.empty() ? std::string("none") : out;
+  };
+  log::info("dns: capturing port ", cfg_.dns.intercept_port, " (UDP and TCP, local stubs too); tunnel names via ",
+            list(up.tunnel), ", direct names via ",
+            up.direct.empty() ? list(up.system) + " (the system's)" : list(up.direct));
+  if (up.direct.empty() && up.system.empty()) {
+    log::warn("dns: dns.direct_servers is empty and the system names no non-local resolver: names routed "
+              "direct get SERVFAIL until one appears in /etc/resolv.conf");
+  }
+  return kExitOk;
+}
+
+// The system's resolvers change with the network (DHCP, NetworkManager, resolved):
+// re-read on the repair tick when direct_servers is not configured.
+void Runtime::refresh_dns_upstreams() {
+  if (!forwarder_ || !cfg_.dns.direct_servers.empty()) return;
+  dns::Upstreams up = forwarder_->upstreams();
+  auto system = dns::system_resolvers();
+  if (system == up.system) return;
+  up.system = std::move(system);
+  std::string text;
+  for (const auto& ip : up.system) text += " " + ip.to_string();
+  log::info("dns: the system's resolvers are now", text.empty() ? " none" : text);
+  forwarder_->set_upstreams(std::move(up));
+}
+
+void Runtime::save_names() const {
+  if (!names_ || !cfg_.dns.enabled) return;
+  names_saved_at_ = std::chrono::steady_clock::now();
+  if (!make_dirs(cfg_.daemon.state_dir)) {
+    log::warn("dns: cannot create ", cfg_.daemon.state_dir, ": ", std::strerror(errno), "; learned names not saved");
+    return;
+  }
+  if (auto r = names_->save(names_path()); !r) log::warn("dns: saving learned names: ", r.error());
+}
+
+std::vector<api::DnsEntry> Runtime::dns_cache() const {
+  std::vector<api::DnsEntry> out;
+  if (!names_) return out;
+  for (auto& e : names_->list()) {
+    api::DnsEntry d;
+    d.ip = e.ip;
+    d.names = std::move(e.names);
+    d.expires_at = std::chrono::system_clock::time_point(std::chrono::seconds(e.expires_at));
+    d.source = dns::to_string(e.source);
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+std::size_t Runtime::flush_dns_cache() {
+  if (!names_) return 0;
+  const std::size_t n = names_->size();
+  names_->clear();
+  if (forwarder_) forwarder_->clear_cache();
+  log::info("api: ", n, " learned names flushed");
+  return n;
+}
+
 // ---- the control executor's events ----------------------------------------------------
 
 void Runtime::wait_signal() {
@@ -379,6 +494,9 @@ void Runtime::arm_repair_timer() {
       repair("footprint removed");
     }
     apply_vpn_servers();  // one that failed earlier is retried here
+    refresh_dns_upstreams();
+    if (names_) names_->sweep();
+    if (names_ && std::chrono::steady_clock::now() - names_saved_at_ >= kNamesSaveEvery) save_names();
     arm_repair_timer();
   });
 }
@@ -475,6 +593,9 @@ void Runtime::reload() {
     fw_next.vpn_servers = fwcfg_->vpn_servers;
     fw_next.port = fwcfg_->port;
     fw_next.bypass_mark = fwcfg_->bypass_mark;
+    // The capture follows the forwarder that runs (dns.enabled and its ports need a restart).
+    fw_next.dns_port = fwcfg_->dns_port;
+    fw_next.dns_intercept_port = fwcfg_->dns_intercept_port;
     auto r = enabled_ ? firewall_->install(fw_next) : Expected<void, firewall::FirewallError>{};
     if (r) {
       *fwcfg_ = fw_next;
@@ -482,6 +603,7 @@ void Runtime::reload() {
       cfg_.firewall.route_table = next.firewall.route_table;
       cfg_.firewall.ipv6 = next.firewall.ipv6;
       cfg_.firewall.never_intercept = next.firewall.never_intercept;
+      cfg_.dns.block_dot = next.dns.block_dot;
       log::info("reload: firewall footprint replaced");
     } else {
       log::error("reload: firewall: ", r.error().message, "; restoring the previous footprint");
@@ -530,7 +652,9 @@ api::Status Runtime::status() const {
   const auto* p6 = snap->physical(IpAddress::Family::kV6);
   s.physical_interface = p4 ? p4->name : p6 ? p6->name : "";
   s.physical_interface6 = p6 ? p6->name : "";
+  s.dns_enabled = cfg_.dns.enabled;
   s.dns_servers = cfg_.dns.servers;
+  if (forwarder_) s.dns_direct_servers = forwarder_->upstreams().for_direct();
   const auto t = sessions_->totals();
   s.sessions_active = t.active;
   s.sessions_total = t.total;
@@ -623,6 +747,12 @@ api::MetricsSnapshot Runtime::metrics() const {
   m.rules_ips = eff.ips.size();
   m.version = kVersion;
   m.git_revision = kGitRevision;
+  if (forwarder_) {
+    m.dns.enabled = true;
+    m.dns.forwarder = forwarder_->stats();
+    m.dns.names = names_->size();
+    m.dns.names_bytes = names_->memory_bytes();
+  }
   return m;
 }
 

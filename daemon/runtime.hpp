@@ -33,6 +33,10 @@ class UdpProxy;
 namespace splitd::api {
 class Server;
 }
+namespace splitd::dns {
+class NameStore;
+class Forwarder;
+}  // namespace splitd::dns
 
 namespace splitd::daemon {
 
@@ -75,6 +79,8 @@ class Runtime final : public api::Backend {
   api::Result<api::Ok> remove_ip(const Cidr& cidr) override;
   std::shared_ptr<const iface::InterfaceSnapshot> interfaces() const override;
   api::MetricsSnapshot metrics() const override;
+  std::vector<api::DnsEntry> dns_cache() const override;
+  std::size_t flush_dns_cache() override;
 
   class VpnServers;
   class RpFilterGuard;
@@ -105,6 +111,10 @@ class Runtime final : public api::Backend {
   bool may_repair() const;
   void repair(const char* why);
   void log_sessions() const;
+  int start_dns();
+  void refresh_dns_upstreams();
+  void save_names() const;
+  std::string names_path() const;
   void stop();
 
   config::Config cfg_;
@@ -127,6 +137,7 @@ class Runtime final : public api::Backend {
   std::unique_ptr<RpFilterGuard> rp_filter_;
   std::unique_ptr<VpnServers> vpn_servers_;
   std::unique_ptr<iface::InterfaceCache> cache_;
+  std::unique_ptr<dns::NameStore> names_;  // before the decider, which reads it
   std::unique_ptr<decider::RuleDecider> decider_;
   std::unique_ptr<proxy::SessionTable> sessions_;
   std::unique_ptr<proxy::Classifier> classifier_;
@@ -134,6 +145,8 @@ class Runtime final : public api::Backend {
   std::unique_ptr<firewall::FirewallConfig> fwcfg_;
   std::unique_ptr<proxy::TcpProxy> tcp_;
   std::unique_ptr<proxy::UdpProxy> udp_;
+  std::unique_ptr<dns::Forwarder> forwarder_;
+  mutable std::chrono::steady_clock::time_point names_saved_at_ = std::chrono::steady_clock::now();
   std::unique_ptr<firewall::VpnCoexistence> coexistence_;
   std::unique_ptr<api::Server> api_;
   StopStack stack_;  // last: unwinds first, while the components above still exist

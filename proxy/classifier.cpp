@@ -28,6 +28,20 @@ SessionSpec Classifier::classify(const FlowFacts& flow) const {
   spec.client = flow.client;
   spec.destination = flow.destination;
   spec.route = decider_.decide(info);
+  spec.domain = spec.route.domain;
+  // A flow that a domain rule did not decide still shows the name its IP was resolved
+  // from (the most recently learned), for the listing.
+  if (spec.domain.empty() && names_ != nullptr) {
+    struct First final : decider::NameVisitor {
+      std::string name;
+      bool operator()(std::string_view n) override {
+        name.assign(n);
+        return true;
+      }
+    } first;
+    names_->visit_names(info.dst.unmapped(), first);
+    spec.domain = std::move(first.name);
+  }
   return spec;
 }
 

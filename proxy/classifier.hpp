@@ -17,16 +17,19 @@ struct FlowFacts {
 };
 
 // The one place a new flow is classified, for both proxies: who sent it (the app, once
-// identification exists), by which name (once DNS capture exists), and the decider's
+// identification exists), by which name (learned from captured DNS), and the decider's
 // route. Returns everything the session records. Called from every worker thread at
 // once; const and lock-free (the decider reads atomically swapped snapshots).
 class Classifier {
  public:
-  explicit Classifier(const decider::Decider& decider) : decider_(decider) {}
+  // `names` (may be nullptr) gives the listing a flow's name when no domain rule decided it.
+  explicit Classifier(const decider::Decider& decider, const decider::IpNames* names = nullptr)
+      : decider_(decider), names_(names) {}
   SessionSpec classify(const FlowFacts& flow) const;
 
  private:
   const decider::Decider& decider_;
+  const decider::IpNames* names_;
 };
 
 }  // namespace splitd::proxy

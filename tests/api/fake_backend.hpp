@@ -7,6 +7,12 @@
 
 namespace splitd::api::testing {
 
+inline DnsEntry dns_entry(const char* ip, std::vector<std::string> names, std::int64_t expires_unix_ms,
+                          std::string source = "dns") {
+  return {*IpAddress::parse(ip), std::move(names),
+          std::chrono::system_clock::time_point(std::chrono::milliseconds(expires_unix_ms)), std::move(source)};
+}
+
 inline proxy::SessionView session(std::uint64_t id, decider::Protocol p = decider::Protocol::kTcp,
                                   decider::RouteKind kind = decider::RouteKind::kTunnel) {
   proxy::SessionView s;
@@ -33,7 +39,9 @@ class FakeBackend : public Backend {
     st_.tunnel_interface = "tun0";
     st_.tunnel_up = true;
     st_.physical_interface = "phys0";
+    st_.dns_enabled = true;
     st_.dns_servers = {*IpAddress::parse("1.1.1.1")};
+    st_.dns_direct_servers = {*IpAddress::parse("192.0.2.53")};
     st_.started_at = std::chrono::system_clock::time_point(std::chrono::seconds(1'796'205'272));
     st_.version = "0.1.0";
     st_.git_revision = "d863c34";
@@ -120,11 +128,40 @@ class FakeBackend : public Backend {
     m.git_revision = "d863c34\"x";
     m.started_at = st_.started_at;
     m.rules_ips = rules_.effective.ips.size();
+    m.dns = dns_metrics_;
+    m.dns.enabled = st_.dns_enabled;
     return m;
+  }
+  std::vector<DnsEntry> dns_cache() const override {
+    std::lock_guard lock(mu_);
+    ++dns_cache_calls_;
+    return dns_entries_;
+  }
+  std::size_t flush_dns_cache() override {
+    std::lock_guard lock(mu_);
+    ++dns_flushes_;
+    const std::size_t n = dns_entries_.size();
+    dns_entries_.clear();
+    return n;
+  }
+
+  // The learned names dns_cache() answers with, in this order (unsorted on purpose).
+  void set_dns_entries(std::vector<DnsEntry> e) {
+    std::lock_guard lock(mu_);
+    dns_entries_ = std::move(e);
+  }
+  int dns_cache_calls() const {
+    std::lock_guard lock(mu_);
+    return dns_cache_calls_;
+  }
+  int dns_flushes() const {
+    std::lock_guard lock(mu_);
+    return dns_flushes_;
   }
 
   Status st_;
   Rules rules_;
+  DnsMetrics dns_metrics_;  // metrics().dns, with enabled from st_.dns_enabled
 
  private:
   template <typename T>
@@ -148,6 +185,9 @@ class FakeBackend : public Backend {
   mutable std::vector<proxy::SessionView> sessions_;
   std::vector<std::uint64_t> killed_;
   mutable int connections_calls_ = 0;
+  std::vector<DnsEntry> dns_entries_;
+  mutable int dns_cache_calls_ = 0;
+  int dns_flushes_ = 0;
   bool bump_on_read_ = false;
 };
 

@@ -10,6 +10,7 @@ namespace splitd::api {
 namespace {
 
 using nlohmann::json;
+using testing::dns_entry;
 using testing::FakeBackend;
 using testing::session;
 using http::verb;
@@ -56,7 +57,9 @@ TEST_F(HandlersTest, StatusDocument) {
   EXPECT_EQ(j["mode"], "exclude");
   EXPECT_EQ(j["tunnel_interface"], "tun0");
   EXPECT_TRUE(j["physical_interface6"].is_null());
+  EXPECT_EQ(j["dns_enabled"], true);
   EXPECT_EQ(j["dns_servers"], json::array({"1.1.1.1"}));
+  EXPECT_EQ(j["dns_direct_servers"], json::array({"192.0.2.53"}));
   EXPECT_EQ(j["uptime_seconds"], 61);
   EXPECT_EQ(j["started_at"], "2026-12-02T09:54:32.000Z");
   EXPECT_EQ(j["git_revision"], "d863c34");
@@ -97,8 +100,8 @@ TEST_F(HandlersTest, NotReady) {
 }
 
 TEST_F(HandlersTest, NotFoundAndMethodNotAllowed) {
-  for (auto t : {"/", "/api", "/api/v1", "/api/v1/", "/api/v1/status/", "/api/v2/status", "/api/v1/dns/cache",
-                 "/api/v1/exec", "/api/v1/split", "/api/v1/split/ips/"}) {
+  for (auto t : {"/", "/api", "/api/v1", "/api/v1/", "/api/v1/status/", "/api/v2/status", "/api/v1/dns",
+                 "/api/v1/dns/cache/x", "/api/v1/dns/names", "/api/v1/exec", "/api/v1/split", "/api/v1/split/ips/"}) {
     auto r = call(verb::get, t);
     EXPECT_EQ(code(r), 404) << t;
     EXPECT_EQ(body(r)["error"], "not found");
@@ -333,6 +336,125 @@ TEST_F(HandlersTest, MetricsLabels) {
   EXPECT_NE(t.find("splitd_api_requests_total{code=\"other\"} 1\n"), std::string::npos);
   EXPECT_NE(t.find("splitd_rules{kind=\"ip\"} 1\n"), std::string::npos);
   EXPECT_NE(t.find("splitd_start_time_seconds 1796205272.000\n"), std::string::npos);
+}
+
+// 2026-12-02T09:58:00.250Z
+constexpr std::int64_t kExpires = 1'796'205'480'250;
+
+TEST_F(HandlersTest, DnsCacheSortedByAddress) {
+  backend.set_dns_entries({dns_entry("2001:db8::10", {"v6.lab.test"}, kExpires),
+                           dns_entry("203.0.113.10", {"whoami.lab.test", "alias.lab.test"}, kExpires),
+                           dns_entry("198.51.100.7", {"www.Example.com"}, kExpires + 1000, "state"),
+                           dns_entry("10.0.0.9", {}, kExpires)});
+  auto r = call(verb::get, "/api/v1/dns/cache", "", "", nobody());  // reading is for everyone
+  ASSERT_EQ(code(r), 200);
+  EXPECT_EQ(r.response[http::field::content_type], "application/json");
+  const json j = body(r);
+  EXPECT_EQ(j["count"], 4);
+  ASSERT_EQ(j["entries"].size(), 4u);
+  std::vector<std::string> ips;
+  for (const auto& e : j["entries"]) ips.push_back(e["ip"]);
+  EXPECT_EQ(ips, (std::vector<std::string>{"10.0.0.9", "198.51.100.7", "203.0.113.10", "2001:db8::10"}));
+  EXPECT_EQ(j["entries"][2], json({{"ip", "203.0.113.10"},
+                                   {"names", {"whoami.lab.test", "alias.lab.test"}},
+                                   {"expires_at", "2026-12-02T09:58:00.250Z"},
+                                   {"source", "dns"}}));
+  EXPECT_EQ(j["entries"][1]["source"], "state");
+  EXPECT_EQ(j["entries"][0]["names"], json::array());
+  EXPECT_EQ(r.response.body().back(), '\n');
+
+  backend.set_dns_entries({});
+  EXPECT_EQ(body(call(verb::get, "/api/v1/dns/cache")), json({{"entries", json::array()}, {"count", 0}}));
+}
+
+TEST_F(HandlersTest, DnsCacheFilters) {
+  backend.set_dns_entries({dns_entry("203.0.113.10", {"whoami.lab.test"}, kExpires),
+                           dns_entry("203.0.113.11", {"cdn.example.net", "www.LAB.test"}, kExpires),
+                           dns_entry("2001:db8::10", {"v6.example.net"}, kExpires)});
+  auto ips = [&](const std::string& q) {
+    const auto r = call(verb::get, "/api/v1/dns/cache?" + q);
+    EXPECT_EQ(code(r), 200) << q << ": " << r.response.body();
+    std::vector<std::string> out;
+    const json j = body(r);
+    for (const auto& e : j["entries"]) out.push_back(e["ip"]);
+    EXPECT_EQ(j["count"], out.size());
+    return out;
+  };
+  using Ips = std::vector<std::string>;
+  EXPECT_EQ(ips("ip=203.0.113.11"), Ips({"203.0.113.11"}));
+  EXPECT_EQ(ips("ip=::ffff:203.0.113.10"), Ips({"203.0.113.10"}));  // v4-mapped is the IPv4 address
+  EXPECT_EQ(ips("ip=2001:db8:0::10"), Ips({"2001:db8::10"}));
+  EXPECT_EQ(ips("ip=192.0.2.1"), Ips({}));
+  EXPECT_EQ(ips("name=lab.test"), Ips({"203.0.113.10", "203.0.113.11"}));  // any of the names, any case
+  EXPECT_EQ(ips("name=EXAMPLE"), Ips({"203.0.113.11", "2001:db8::10"}));
+  EXPECT_EQ(ips("name=whoami.lab.test.extra"), Ips({}));
+  EXPECT_EQ(ips("ip=203.0.113.11&name=cdn"), Ips({"203.0.113.11"}));
+  EXPECT_EQ(ips("ip=203.0.113.10&name=cdn"), Ips({}));
+  // A filtered entry keeps all its names.
+  EXPECT_EQ(body(call(verb::get, "/api/v1/dns/cache?name=cdn"))["entries"][0]["names"],
+            json::array({"cdn.example.net", "www.LAB.test"}));
+
+  auto r = call(verb::get, "/api/v1/dns/cache?ip=whoami.lab.test");
+  EXPECT_EQ(code(r), 400);
+  EXPECT_EQ(detail(r), "ip: 'whoami.lab.test' is not an IPv4 or IPv6 address");
+  r = call(verb::get, "/api/v1/dns/cache?ip=203.0.113.0%2F24");
+  EXPECT_EQ(code(r), 400);
+  EXPECT_EQ(detail(r), "ip: '203.0.113.0/24' is not an IPv4 or IPv6 address (give one address, not a prefix)");
+  EXPECT_EQ(code(call(verb::get, "/api/v1/dns/cache?ip=")), 400);
+  r = call(verb::get, "/api/v1/dns/cache?name=");
+  EXPECT_EQ(code(r), 400);
+  EXPECT_EQ(detail(r).rfind("name: ", 0), 0u) << detail(r);
+  EXPECT_EQ(code(call(verb::get, "/api/v1/dns/cache?name=" + std::string(257, 'a'))), 400);
+  r = call(verb::get, "/api/v1/dns/cache?domain=x");
+  EXPECT_EQ(code(r), 400);
+  EXPECT_NE(detail(r).find("'domain' (known: ip, name)"), std::string::npos) << detail(r);
+  EXPECT_EQ(code(call(verb::get, "/api/v1/dns/cache?ip=203.0.113.10&ip=203.0.113.11")), 400);
+}
+
+TEST_F(HandlersTest, DnsCacheFlushNeedsChangePermission) {
+  backend.set_dns_entries({dns_entry("203.0.113.10", {"a.lab.test"}, kExpires),
+                           dns_entry("203.0.113.11", {"b.lab.test"}, kExpires)});
+  auto r = call(verb::delete_, "/api/v1/dns/cache", "", "", nobody());
+  EXPECT_EQ(code(r), 403);
+  EXPECT_EQ(body(r)["error"], "forbidden");
+  EXPECT_EQ(backend.dns_flushes(), 0);
+  EXPECT_EQ(code(call(verb::delete_, "/api/v1/dns/cache?ip=203.0.113.10")), 400);  // flushes all or nothing
+  EXPECT_EQ(backend.dns_flushes(), 0);
+
+  r = call(verb::delete_, "/api/v1/dns/cache");
+  ASSERT_EQ(code(r), 200);
+  EXPECT_EQ(body(r), json({{"flushed", 2}}));
+  EXPECT_EQ(body(call(verb::get, "/api/v1/dns/cache"))["count"], 0);
+  EXPECT_EQ(body(call(verb::delete_, "/api/v1/dns/cache")), json({{"flushed", 0}}));
+
+  r = call(verb::post, "/api/v1/dns/cache");
+  EXPECT_EQ(code(r), 405);
+  EXPECT_EQ(r.response[http::field::allow], "GET, DELETE");
+  EXPECT_EQ(code(call(verb::put, "/api/v1/dns/cache", "", "", nobody())), 405);
+}
+
+TEST_F(HandlersTest, DnsCacheWhileCaptureIsOff) {
+  backend.set_dns_entries({dns_entry("203.0.113.10", {"a.lab.test"}, kExpires)});
+  backend.st_.dns_enabled = false;
+  auto r = call(verb::get, "/api/v1/dns/cache");
+  ASSERT_EQ(code(r), 200);
+  EXPECT_EQ(body(r), json({{"entries", json::array()}, {"count", 0}}));
+  EXPECT_EQ(code(call(verb::get, "/api/v1/dns/cache?ip=nonsense")), 400);  // still checked
+  r = call(verb::delete_, "/api/v1/dns/cache");
+  ASSERT_EQ(code(r), 200);
+  EXPECT_EQ(body(r), json({{"flushed", 0}}));
+  EXPECT_EQ(backend.dns_cache_calls(), 0);
+  EXPECT_EQ(backend.dns_flushes(), 0);
+  EXPECT_EQ(body(call(verb::get, "/api/v1/status"))["dns_enabled"], false);
+}
+
+TEST_F(HandlersTest, DnsNamesWithInvalidUtf8AreReplaced) {
+  backend.set_dns_entries({dns_entry("203.0.113.10", {"bad\xff.lab.test", "quote\".lab"}, kExpires, "d\xc3")});
+  auto r = call(verb::get, "/api/v1/dns/cache?name=LAB");
+  ASSERT_EQ(code(r), 200);
+  const json j = body(r);
+  EXPECT_EQ(j["entries"][0]["names"], json::array({"bad\xEF\xBF\xBD.lab.test", "quote\".lab"}));
+  EXPECT_EQ(j["entries"][0]["source"], "d\xEF\xBF\xBD");
 }
 
 TEST_F(HandlersTest, TcpNeedsToken) {

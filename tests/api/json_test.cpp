@@ -45,6 +45,31 @@ TEST(ConnectionJson, TheDirectWriterMatchesTheTree) {
   }
 }
 
+// The cache listing's direct writer too.
+TEST(DnsEntryJson, TheDirectWriterMatchesTheTree) {
+  std::mt19937 rng(7);
+  const std::vector<std::string> texts = {"whoami.lab.test", "quote\" back\\slash", "tab\tnew\nline\x01", "ünï.test", ""};
+  for (int i = 0; i < 500; ++i) {
+    DnsEntry e;
+    e.ip = *IpAddress::parse(rng() % 2 ? "203.0.113.10" : "2001:db8::10");
+    for (std::size_t n = rng() % 4; n > 0; --n) e.names.push_back(texts[rng() % texts.size()]);
+    e.expires_at =
+        std::chrono::system_clock::time_point(std::chrono::milliseconds(1700000000000LL + rng() % 100000000));
+    e.source = texts[rng() % texts.size()];
+    std::string out;
+    append_dns_entry(out, e);
+    const json fast = json::parse(out, nullptr, false);
+    ASSERT_FALSE(fast.is_discarded()) << out;
+    EXPECT_EQ(fast, dns_entry_json(e)) << out;
+  }
+  DnsEntry e{*IpAddress::parse("203.0.113.10"), {"whoami.lab.test"},
+             std::chrono::system_clock::time_point(std::chrono::milliseconds(1'796'205'480'250)), "dns"};
+  std::string out;
+  append_dns_entry(out, e);
+  EXPECT_EQ(out, R"({"ip":"203.0.113.10","names":["whoami.lab.test"],"expires_at":"2026-12-02T09:58:00.250Z",)"
+                 R"("source":"dns"})");
+}
+
 TEST(ConnectionJson, InvalidUtf8BecomesReplacementCharacters) {
   for (const std::string& bad : {std::string("\xff"), std::string("a\xc0\xafz"), std::string("\xed\xa0\x80"),
                                 std::string("\xf4\x90\x80\x80"), std::string("\xe2\x82"), std::string("ok\xe2")}) {

@@ -37,7 +37,8 @@ class Gen {
         "http://x/api/v1/status"};
     static const std::vector<std::string> kQueries = {
         "",         "?route=tunnel", "?protocol=udp&app=firefox", "?all=true", "?watch=abc", "?watch=5",
-        "?%zz=1",   "?a&b&&c=",      "?route=%",                  "?app=%00",  "?token=x",   "?route=block&route=direct"};
+        "?%zz=1",   "?a&b&&c=",      "?route=%",                  "?app=%00",  "?token=x",   "?route=block&route=direct",
+        "?ip=203.0.113.10", "?ip=::ffff:1.2.3.4&name=lab", "?name=", "?ip=1.2.3.0%2F24"};
     std::string t = pick(kPaths) + pick(kQueries);
     if (chance(20)) mutate(t);
     return t;

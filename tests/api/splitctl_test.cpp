@@ -28,7 +28,8 @@ using std::chrono::system_clock;
 constexpr const char* kStatus = R"({"status": "running", "enabled": true, "mode": "exclude",
  "tunnel_interface": "tun0", "tunnel_up": true,
  "physical_interface": "phys0", "physical_interface6": "phys0",
- "dns_servers": ["1.1.1.1"], "sessions_active": 3, "sessions_total": 120,
+ "dns_enabled": true, "dns_servers": ["1.1.1.1"], "dns_direct_servers": ["192.168.1.1"],
+ "sessions_active": 3, "sessions_total": 120,
  "bytes_sent": 10240, "bytes_received": 99999,
  "started_at": "2026-12-02T09:54:32.120Z", "uptime_seconds": 61,
  "version": "0.1.0", "git_revision": "d863c34",
@@ -72,6 +73,13 @@ constexpr const char* kInterfaces = R"({"physical": {"ipv4": "phys0", "ipv6": nu
    "flags": ["up", "pointopoint", "noarp"], "mtu": 1420, "mac": null, "addresses": ["10.8.0.2/24"],
    "ipv4": "10.8.0.2", "ipv6": null}],
  "default_routes": [{"family": "ipv4", "interface": "phys0", "gateway": "192.0.2.1", "metric": 100}]})";
+
+constexpr const char* kDnsCache = R"({"entries": [
+ {"ip": "198.51.100.7", "names": ["www.example.com", "example.com"], "expires_at": "2026-12-02T10:00:14.300Z",
+  "source": "dns"},
+ {"ip": "203.0.113.10", "names": ["whoami.lab.test"], "expires_at": "2026-12-02T09:55:32Z", "source": "dns"},
+ {"ip": "2001:db8::10", "names": ["v6.lab.test"], "expires_at": "2026-12-02T10:56:02Z", "source": "state"}],
+ "count": 3})";
 
 system_clock::time_point at(const char* ts) { return *parse_timestamp(ts); }
 const system_clock::time_point kNow = at("2026-12-02T09:56:02Z");
@@ -260,7 +268,7 @@ TEST_F(SplitctlTest, Status) {
             "  sessions  3 active, 120 since start\n"
             "  traffic   10.0KiB sent, 97.7KiB received\n"
             "  uptime    1m01s\n"
-            "  dns       1.1.1.1\n"
+            "  dns       tunnel 1.1.1.1; direct 192.168.1.1\n"
             "  version   0.1.0 (git d863c34)\n"
             "  config    /etc/splitd/splitd.toml\n"
             "  state     /var/lib/splitd/rules.json\n");
@@ -293,6 +301,22 @@ TEST_F(SplitctlTest, StatusDegradedDisabledAndTunnelDown) {
   r = run({"status"});
   EXPECT_TRUE(contains(r.out, "interception DISABLED")) << r.out;
   EXPECT_TRUE(contains(r.out, "  tunnel    none (no up interface of a tunnel kind)\n")) << r.out;
+}
+
+TEST_F(SplitctlTest, StatusDnsServers) {
+  auto doc = nlohmann::json::parse(kStatus);
+  doc["dns_servers"] = {"1.1.1.1", "8.8.8.8"};
+  doc["dns_direct_servers"] = nlohmann::json::array();
+  api_.on_json("GET /api/v1/status", 200, doc.dump());
+  EXPECT_TRUE(contains(run({"status"}).out, "  dns       tunnel 1.1.1.1, 8.8.8.8; direct none (no system resolver found)\n"));
+  doc["dns_enabled"] = false;
+  api_.on_json("GET /api/v1/status", 200, doc.dump());
+  EXPECT_TRUE(contains(run({"status"}).out, "  dns       capture off (dns.enabled = false)\n"));
+  // A daemon without DNS capture's fields: the servers as before.
+  doc.erase("dns_enabled");
+  doc.erase("dns_direct_servers");
+  api_.on_json("GET /api/v1/status", 200, doc.dump());
+  EXPECT_TRUE(contains(run({"status"}).out, "  dns       1.1.1.1, 8.8.8.8\n"));
 }
 
 TEST_F(SplitctlTest, JsonIsTheBodyUnchangedAndMayComeAnywhere) {
@@ -516,13 +540,130 @@ TEST_F(SplitctlTest, Version) {
   EXPECT_TRUE(contains(r.out, "splitd   not reachable at ")) << r.out;
 }
 
+TEST_F(SplitctlTest, Dns) {
+  api_.on_json("GET /api/v1/dns/cache", 200, kDnsCache);
+  const auto r = run({"dns"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(only_request().method, "GET");
+  const auto lines = lines_of(r.out);
+  ASSERT_EQ(lines.size(), 5u) << r.out;
+  EXPECT_EQ(lines[0], "3 learned addresses");
+  using Cells = std::vector<std::string>;
+  EXPECT_EQ(cells(lines[1]), (Cells{"IP", "EXPIRES", "SOURCE", "NAMES"}));
+  EXPECT_EQ(cells(lines[2]), (Cells{"198.51.100.7", "in 4m12s", "dns", "www.example.com, example.com"}));
+  EXPECT_EQ(cells(lines[3]), (Cells{"203.0.113.10", "expired 30s ago (grace)", "dns", "whoami.lab.test"}));
+  EXPECT_EQ(cells(lines[4]), (Cells{"2001:db8::10", "in 1h00m", "state", "v6.lab.test"}));
+  EXPECT_EQ(lines[1].find("NAMES"), lines[2].find("www.example.com"));  // aligned
+  for (const auto& l : lines) EXPECT_NE(l.back(), ' ') << "trailing blank: " << l;
+
+  // On a narrow terminal the names give way first.
+  const auto narrow = lines_of(run({"dns"}, 60).out);
+  ASSERT_EQ(narrow.size(), 5u);
+  for (const auto& l : narrow) EXPECT_LE(display_width(l), 60u) << l;
+  EXPECT_TRUE(contains(narrow[3], "expired 30s ago (grace)")) << narrow[3];
+}
+
+TEST_F(SplitctlTest, DnsFiltersAndJson) {
+  const std::string one = R"({"entries": [{"ip": "203.0.113.10", "names": ["whoami.lab.test"],
+    "expires_at": "2026-12-02T09:57:02Z", "source": "dns"}], "count": 1})";
+  api_.on_json("GET /api/v1/dns/cache?ip=203.0.113.10&name=lab", 200, one);
+  auto r = run({"dns", "--name", "lab", "--ip=203.0.113.10"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(only_request().target, "/api/v1/dns/cache?ip=203.0.113.10&name=lab");
+  EXPECT_EQ(lines_of(r.out)[0], "1 learned address");
+  EXPECT_EQ(cells(lines_of(r.out)[2]), (std::vector<std::string>{"203.0.113.10", "in 1m00s", "dns", "whoami.lab.test"}));
+
+  api_.on_json("GET /api/v1/dns/cache", 200, kDnsCache);
+  r = run({"dns", "--json"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out, std::string(kDnsCache) + "\n");
+
+  api_.on_json("GET /api/v1/dns/cache?ip=nonsense", 400,
+               R"({"error": "bad request", "detail": "ip: 'nonsense' is not an IPv4 or IPv6 address"})");
+  r = run({"dns", "--ip", "nonsense"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "splitctl: ip: 'nonsense' is not an IPv4 or IPv6 address\n");
+
+  const auto before = api_.requests().size();
+  EXPECT_EQ(run({"dns", "--ip="}).code, 1);
+  EXPECT_EQ(run({"dns", "--name"}).code, 1);
+  EXPECT_EQ(run({"dns", "--route", "direct"}).code, 1);
+  r = run({"dns", "list"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.err, "'list' is not a dns subcommand")) << r.err;
+  EXPECT_EQ(run({"dns", "flush", "now"}).code, 1);
+  EXPECT_EQ(run({"dns", "flush", "--ip", "203.0.113.10"}).code, 1);
+  EXPECT_EQ(api_.requests().size(), before);
+}
+
+TEST_F(SplitctlTest, DnsEmptySaysWhy) {
+  api_.on_json("GET /api/v1/dns/cache", 200, R"({"entries": [], "count": 0})");
+  auto doc = nlohmann::json::parse(kStatus);
+  doc["dns_enabled"] = false;
+  api_.on_json("GET /api/v1/status", 200, doc.dump());
+  auto r = run({"dns"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "0 learned addresses\n"
+                   "DNS capture is off (dns.enabled = false in splitd's config): no names are learned from DNS"
+                   " answers\n");
+  auto reqs = api_.requests();
+  ASSERT_EQ(reqs.size(), 2u);  // the listing, then one status for the hint
+  EXPECT_EQ(reqs[1].target, "/api/v1/status");
+
+  api_.on_json("GET /api/v1/status", 200, kStatus);
+  r = run({"dns"});
+  EXPECT_EQ(lines_of(r.out).size(), 3u) << r.out;
+  EXPECT_TRUE(contains(r.out, "none learned yet")) << r.out;
+
+  // Without an answer to the status, only the hint is missing.
+  api_.on_json("GET /api/v1/status", 500, R"({"error": "internal", "detail": "boom"})");
+  r = run({"dns"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out, "0 learned addresses\n");
+  EXPECT_EQ(r.err, "");
+
+  // Filtered: the filters are the reason, no status asked.
+  api_.on_json("GET /api/v1/dns/cache?name=nothing", 200, R"({"entries": [], "count": 0})");
+  const auto before = api_.requests().size();
+  r = run({"dns", "--name", "nothing"});
+  EXPECT_EQ(r.out, "0 learned addresses\nnone matches --name nothing (`splitctl dns` lists them all)\n");
+  EXPECT_EQ(api_.requests().size(), before + 1);
+
+  api_.on_json("GET /api/v1/dns/cache", 200, R"({"count": 0})");
+  r = run({"dns"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(contains(r.err, "bad answer")) << r.err;
+}
+
+TEST_F(SplitctlTest, DnsFlush) {
+  api_.on_json("DELETE /api/v1/dns/cache", 200, R"({"flushed": 3})");
+  auto r = run({"dns", "flush"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(only_request().method, "DELETE");
+  EXPECT_EQ(r.out, "flushed 3 learned names\n");
+  api_.on_json("DELETE /api/v1/dns/cache", 200, R"({"flushed": 1})");
+  EXPECT_EQ(run({"dns", "flush"}).out, "flushed 1 learned name\n");
+  EXPECT_EQ(run({"--json", "dns", "flush"}).out, "{\"flushed\": 1}\n");
+
+  api_.on_json("DELETE /api/v1/dns/cache", 403, R"({"error": "forbidden", "detail": "uid 1000"})");
+  r = run({"dns", "flush"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(contains(r.err, "this change needs root or membership of group splitd")) << r.err;
+}
+
 TEST_F(SplitctlTest, NotYetAvailableAndHelp) {
-  for (const char* cmd : {"dns", "exec"}) {
-    const auto r = run({cmd});
-    EXPECT_EQ(r.code, 1) << cmd;
+  {
+    const auto r = run({"exec"});
+    EXPECT_EQ(r.code, 1);
     EXPECT_TRUE(contains(r.err, "not available in this build yet")) << r.err;
   }
   EXPECT_TRUE(api_.requests().empty());
+  {
+    const auto r = run({"dns", "--help"});
+    EXPECT_EQ(r.code, 0);
+    EXPECT_TRUE(contains(r.out, "Usage: splitctl dns [--ip ADDR] [--name TEXT] | dns flush")) << r.out;
+    EXPECT_TRUE(contains(run({"help"}, 0, false).out, "the names learned from DNS answers"));
+  }
 
   auto r = run({"help"}, 0, false);
   EXPECT_EQ(r.code, 0);

@@ -61,28 +61,138 @@ TEST(WatchState, UnsortedInputStillDiffs) {
   EXPECT_EQ(data["new"][0]["id"], 9);
 }
 
+// A busy DNS capture's figures.
+DnsMetrics busy_dns() {
+  DnsMetrics d;
+  d.enabled = true;
+  auto& f = d.forwarder;
+  f.queries[static_cast<std::size_t>(dns::QueryRoute::kTunnel)][static_cast<std::size_t>(dns::QueryResult::kAnswered)] = 40;
+  f.queries[static_cast<std::size_t>(dns::QueryRoute::kTunnel)][static_cast<std::size_t>(dns::QueryResult::kCached)] = 7;
+  f.queries[static_cast<std::size_t>(dns::QueryRoute::kBlock)][static_cast<std::size_t>(dns::QueryResult::kBlocked)] = 2;
+  f.queries[static_cast<std::size_t>(dns::QueryRoute::kLocal)][static_cast<std::size_t>(dns::QueryResult::kCanary)] = 1;
+  f.malformed_queries = 3;
+  f.malformed_answers = 1;
+  f.upstream_timeouts = 4;
+  f.upstream_errors = 5;
+  f.tcp_retries = 6;
+  f.tcp_clients = 8;
+  f.cache_entries = 12;
+  f.latency_buckets[0] = 1;   // <= 250 us
+  f.latency_buckets[3] = 10;  // (1 ms, 2 ms]
+  f.latency_buckets[9] = 2;   // (100 ms, 500 ms]
+  f.latency_buckets[11] = 1;  // over 1 s
+  f.latency_sum_seconds = 2.0345675;
+  f.latency_count = 14;
+  d.names = 321;
+  d.names_bytes = 45678;
+  return d;
+}
+
+// promtool's verdict on a metrics text: "" when it passes.
+std::string promtool_check(const std::string& text);
+
 TEST(Metrics, PromtoolAccepts) {
   constexpr const char* kPromtool = "/usr/bin/promtool";
   if (::access(kPromtool, X_OK) != 0) GTEST_SKIP() << kPromtool << " is not installed";
   testing::FakeBackend backend;
   ApiStats stats;
   stats.count(200);
-  const std::string text = metrics_text(backend.metrics(), stats);
+  EXPECT_EQ(promtool_check(metrics_text(backend.metrics(), stats)), "");
+  backend.dns_metrics_ = busy_dns();
+  EXPECT_EQ(promtool_check(metrics_text(backend.metrics(), stats)), "");
+  backend.st_.dns_enabled = false;
+  EXPECT_EQ(promtool_check(metrics_text(backend.metrics(), stats)), "");
+}
+
+std::string promtool_check(const std::string& text) {
+  constexpr const char* kPromtool = "/usr/bin/promtool";
   char path[] = "/tmp/splitd-metrics-XXXXXX";
   const int fd = ::mkstemp(path);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  if (fd < 0) return "mkstemp failed";
+  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
   ::close(fd);
+  if (!written) return "write failed";
   const std::string cmd = std::string(kPromtool) + " check metrics < " + path + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
+  if (p == nullptr) return "popen failed";
   std::string out;
   char buf[512];
   while (std::fgets(buf, sizeof buf, p)) out += buf;
   const int rc = ::pclose(p);
   ::unlink(path);
-  EXPECT_EQ(rc, 0) << out << "\n--- metrics ---\n" << text;
-  EXPECT_EQ(out, "") << out;
+  if (rc != 0 || !out.empty()) return "rc " + std::to_string(rc) + ": " + out + "\n--- metrics ---\n" + text;
+  return "";
+}
+
+std::vector<std::string> lines_starting(const std::string& text, const std::string& prefix) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const auto nl = text.find('\n', pos);
+    const std::string line = text.substr(pos, nl - pos);
+    if (line.rfind(prefix, 0) == 0) out.push_back(line);
+    pos = nl == std::string::npos ? text.size() : nl + 1;
+  }
+  return out;
+}
+
+TEST(Metrics, DnsFamilies) {
+  testing::FakeBackend backend;
+  backend.dns_metrics_ = busy_dns();
+  const std::string text = metrics_text(backend.metrics(), ApiStats{});
+  for (const char* family :
+       {"splitd_dns_enabled", "splitd_dns_queries_total", "splitd_dns_malformed_total",
+        "splitd_dns_upstream_timeouts_total", "splitd_dns_upstream_errors_total", "splitd_dns_tcp_retries_total",
+        "splitd_dns_tcp_clients_total", "splitd_dns_upstream_latency_seconds", "splitd_dns_cache_entries",
+        "splitd_dns_names", "splitd_dns_names_bytes"}) {
+    EXPECT_NE(text.find(std::string("# HELP ") + family + " "), std::string::npos) << family;
+    EXPECT_NE(text.find(std::string("# TYPE ") + family + " "), std::string::npos) << family;
+  }
+  EXPECT_NE(text.find("# TYPE splitd_dns_upstream_latency_seconds histogram\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_dns_enabled 1\n"), std::string::npos);
+  // The combinations that happened, and answered for tunnel and direct even at zero.
+  EXPECT_EQ(lines_starting(text, "splitd_dns_queries_total{"),
+            (std::vector<std::string>{"splitd_dns_queries_total{route=\"tunnel\",result=\"answered\"} 40",
+                                      "splitd_dns_queries_total{route=\"tunnel\",result=\"cached\"} 7",
+                                      "splitd_dns_queries_total{route=\"direct\",result=\"answered\"} 0",
+                                      "splitd_dns_queries_total{route=\"block\",result=\"blocked\"} 2",
+                                      "splitd_dns_queries_total{route=\"local\",result=\"canary\"} 1"}));
+  EXPECT_NE(text.find("\nsplitd_dns_malformed_total{what=\"query\"} 3\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_dns_malformed_total{what=\"answer\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_dns_upstream_timeouts_total 4\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_dns_upstream_errors_total 5\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_dns_tcp_retries_total 6\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_dns_tcp_clients_total 8\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_dns_cache_entries 12\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_dns_names 321\n"), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_dns_names_bytes 45678\n"), std::string::npos);
+  // Cumulative buckets in seconds, +Inf equal to _count.
+  EXPECT_EQ(lines_starting(text, "splitd_dns_upstream_latency_seconds"),
+            (std::vector<std::string>{
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.00025\"} 1",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.0005\"} 1",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.001\"} 1",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.002\"} 11",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.005\"} 11",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.01\"} 11",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.02\"} 11",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.05\"} 11",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.1\"} 11",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"0.5\"} 13",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"1\"} 13",
+                "splitd_dns_upstream_latency_seconds_bucket{le=\"+Inf\"} 14",
+                "splitd_dns_upstream_latency_seconds_sum 2.034568",
+                "splitd_dns_upstream_latency_seconds_count 14",
+            }));
+}
+
+TEST(Metrics, DnsFamiliesOnlyWhileCaptureIsOn) {
+  testing::FakeBackend backend;
+  backend.dns_metrics_ = busy_dns();
+  backend.st_.dns_enabled = false;
+  const std::string text = metrics_text(backend.metrics(), ApiStats{});
+  EXPECT_EQ(lines_starting(text, "splitd_dns_"), std::vector<std::string>{"splitd_dns_enabled 0"});
+  EXPECT_EQ(lines_starting(text, "# TYPE splitd_dns_"), std::vector<std::string>{"# TYPE splitd_dns_enabled gauge"});
 }
 
 TEST(Metrics, EveryFamilyHasHelpAndType) {

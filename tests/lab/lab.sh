@@ -552,8 +552,12 @@ EOF
       --pidfile "$dir/responder-$side.pid" </dev/null >>"$dir/responder-$side.log" 2>&1 &
     responder_pid[$side]=$!
   done
-  local a4 a6
+  local a4 a6 big k
   for side in wan vpn; do
+    # An answer too large for 1232 bytes (dig's EDNS size): 12 strings of 250 bytes, so a
+    # UDP answer is truncated and the full one comes over TCP.
+    big=""
+    for k in $(seq 12); do big+="${big:+,}$side-$(printf '%0246d' "$k")"; done
     ns=$(ns_name "$id" "$side")
     if [[ $side == wan ]]; then a4=$SERVER_A4 a6=$SERVER_A6; else a4=$SERVER_B4 a6=$SERVER_B6; fi
     # dnsmasq forks only once it listens, so this returns when DNS is ready. No upstream
@@ -563,7 +567,9 @@ EOF
       --user=root --group=root --pid-file="$dir/dnsmasq-$side.pid" \
       --log-facility="$dir/dnsmasq-$side.log" --log-queries \
       --local=/lab.test/ --host-record="whoami.lab.test,$a4,$a6" \
-      --txt-record="side.lab.test,$side" \
+      --txt-record="side.lab.test,$side" --txt-record="side.direct.lab.test,$side" \
+      --cname="alias.lab.test,whoami.lab.test" --cname="www.direct.lab.test,whoami.lab.test" \
+      --txt-record="big.lab.test,$big" \
       </dev/null >>"$dir/dnsmasq-$side.log" 2>&1 ||
       die "up: dnsmasq in $ns failed to start: $(tail -n 5 "$dir/dnsmasq-$side.log" 2>/dev/null)"
   done
