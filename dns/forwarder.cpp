@@ -260,10 +260,14 @@ class Forwarder::Impl {
     explicit Upstream(asio::io_context& ctx) : desc(ctx) {}
     IpAddress server;
     std::uint32_t ifindex = 0;
+    std::optional<IpAddress> source;  // the interface address it is bound to
     asio::posix::stream_descriptor desc;
     std::unordered_map<std::uint16_t, std::uint64_t> inflight;  // id -> pending serial
     Clock::time_point last_used;
   };
+  // By (server, interface index).
+  using UpstreamMap =
+      std::unordered_map<std::pair<IpAddress, std::uint16_t>, std::unique_ptr<Upstream>, IpPortHash>;
 
   struct Pending {
     std::uint64_t serial = 0;
@@ -612,9 +616,10 @@ class Forwarder::Impl {
     const std::pair<IpAddress, std::uint16_t> key{server, static_cast<std::uint16_t>(route.ifindex)};
     auto it = upstream_sockets_.find(key);
     if (it != upstream_sockets_.end()) {
-      // The interface may have been re-created with another index or address; the key has
-      // the index, a failed send below replaces a stale socket.
-      return it->second.get();
+      // The same interface with another address (a VPN reconnecting): the socket's bind
+      // is stale. Its queries in flight time out and go to the next server.
+      if (it->second->source == route.source) return it->second.get();
+      retire_upstream(it);
     }
     if (upstream_sockets_.size() >= 64) close_idle_upstreams();
     Fd fd(::socket(server.af(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -632,11 +637,18 @@ class Forwarder::Impl {
     auto u = std::make_unique<Upstream>(ctx_);
     u->server = server;
     u->ifindex = route.ifindex;
+    u->source = route.source;
     u->desc.assign(fd.release());
     Upstream* raw = u.get();
     upstream_sockets_.emplace(key, std::move(u));
     wait_upstream(raw, key);
     return raw;
+  }
+
+  void retire_upstream(UpstreamMap::iterator it) {
+    it->second->desc.close();
+    dead_upstreams_.push_back(std::move(it->second));
+    upstream_sockets_.erase(it);
   }
 
   void close_idle_upstreams() {
@@ -679,8 +691,14 @@ class Forwarder::Impl {
     out.assign(p.wire.begin(), p.wire.end());
     set_id(out, id);
     if (::send(u->desc.native_handle(), out.data(), out.size(), MSG_DONTWAIT) < 0) {
+      const int err = errno;
       log::debug("dns: send to ", p.server.to_string(), " via ", p.server_route.interface, ": ",
-                 errno_text(errno));
+                 errno_text(err));
+      // A socket whose interface went away stays broken: the next query makes a new one.
+      if (err != EAGAIN && err != EWOULDBLOCK) {
+        auto it = upstream_sockets_.find({p.server, static_cast<std::uint16_t>(p.server_route.ifindex)});
+        if (it != upstream_sockets_.end()) retire_upstream(it);
+      }
       return false;
     }
     u->inflight.emplace(id, p.serial);
@@ -976,11 +994,10 @@ class Forwarder::Impl {
       upstream_timeouts_.fetch_add(1, std::memory_order_relaxed);
       try_next(p);
     }
-    if (dead_upstreams_.size() > 0 || dead_replies_.size() > 0) {
-      // Closed descriptors whose handlers have run (one sweep later).
-      dead_upstreams_.clear();
-      dead_replies_.clear();
-    }
+    // Closed sockets go once their aborted handlers have run (a sweep later) and, for an
+    // upstream, once no pending query points at it (its tries time out).
+    std::erase_if(dead_upstreams_, [](const std::unique_ptr<Upstream>& u) { return u->inflight.empty(); });
+    dead_replies_.clear();
   }
 
   void record_latency(Clock::duration d) {
@@ -1018,7 +1035,7 @@ class Forwarder::Impl {
   std::vector<std::unique_ptr<net::tcp::acceptor>> acceptors_;
   std::vector<std::weak_ptr<TcpClient>> tcp_clients_;
   std::unordered_map<std::pair<IpAddress, std::uint16_t>, std::unique_ptr<UdpSock>, IpPortHash> reply_sockets_;
-  std::unordered_map<std::pair<IpAddress, std::uint16_t>, std::unique_ptr<Upstream>, IpPortHash> upstream_sockets_;
+  UpstreamMap upstream_sockets_;
   std::vector<std::unique_ptr<Upstream>> dead_upstreams_;
   std::vector<std::unique_ptr<UdpSock>> dead_replies_;
 
