@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: builds splitd, starts the lab (namespaces host/wan/vpn) with a real VPN client
 # in host (wg-quick with wireguard-go by default, AllowedIPs 0/0 and ::/0; or OpenVPN, or
-# the lab's relay), runs splitd in exclude mode with one server network excluded, and
-# shows which side answers each request. Cleans up after itself.
+# the lab's relay), runs splitd in exclude mode with one server network and one domain
+# excluded, and shows which side answers each request and each DNS query. Cleans up after
+# itself.
 #
 #   deploy/demo.sh [--vpn wireguard|openvpn|relay]
 #
@@ -31,8 +32,9 @@ fi
 bash deploy/install-deps.sh >/dev/null
 echo "== building (Release)"
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DSPLITD_BUILD_BENCH=OFF >/dev/null
-cmake --build build-release -j"$(nproc)" --target splitd lab-tun-relay lab-responder >/dev/null
+cmake --build build-release -j"$(nproc)" --target splitd splitctl lab-tun-relay lab-responder >/dev/null
 SPLITD=$PWD/build-release/daemon/splitd
+SPLITCTL=$PWD/build-release/daemon/splitctl
 
 LAB_ID=""
 SPLITD_PID=""
@@ -75,12 +77,15 @@ api_socket = "$LAB_DIR/api.sock"                  # the lab's own, not /run/spli
 state_dir = "$LAB_DIR/state"
 [split]
 mode = "exclude"                                  # everything through the tunnel...
-ips = ["203.0.113.0/24", "2001:db8::/64"]         # ...except these, which go direct
+ips = ["203.0.113.0/24", "2001:db8::/64"]         # ...except these, which go direct,
+domains = ["*.direct.lab.test"]                   # ...and these names
 [dns]
-enabled = false
+enabled = true                                    # every query is captured and routed by its name:
+servers = ["203.0.113.53"]                        # tunnel names: the lab's resolver via tun0 (vpn's)
+direct_servers = ["203.0.113.53"]                 # direct names: the same address via phys0 (wan's)
 TOML
 echo
-echo "== splitd run, exclude mode: 203.0.113.0/24 and 2001:db8::/64 go direct"
+echo "== splitd run, exclude mode: 203.0.113.0/24, 2001:db8::/64 and *.direct.lab.test go direct"
 cat "$LAB_DIR/demo.toml" | sed 's/^/  /'
 # `ip netns exec` execs splitd, so $! is splitd's own pid.
 ip netns exec "$LAB_HOST" "$SPLITD" run --config "$LAB_DIR/demo.toml" 2>"$LAB_DIR/splitd.log" &
@@ -98,9 +103,27 @@ ask 'http://[2001:db8::10]/'
 ask 'http://[2001:db8:1::10]/'
 
 echo
-echo "== UDP too: DNS to the excluded network's resolver goes direct (wan's dnsmasq answers),"
-echo "   a datagram to the other network goes through the tunnel"
-printf '  %-28s -> %s\n' "dig @203.0.113.53 whoami.lab.test" "$(in_host dig +short +time=2 +tries=1 @203.0.113.53 whoami.lab.test)"
+echo "== DNS is routed by name: the same server address answers from wan for a direct name,"
+echo "   from vpn for a tunnel name (side.*.lab.test TXT says which dnsmasq answered)"
+dig_short() { in_host dig +short +time=2 +tries=1 "$@" | tr '\n' ' '; }
+printf '  %-48s -> %s\n' "dig @203.0.113.53 side.lab.test TXT" "$(dig_short @203.0.113.53 side.lab.test TXT)"
+printf '  %-48s -> %s\n' "dig @203.0.113.53 side.direct.lab.test TXT" "$(dig_short @203.0.113.53 side.direct.lab.test TXT)"
+printf '  %-48s -> %s\n' "dig @192.0.2.1 +tcp side.direct.lab.test TXT" "$(dig_short @192.0.2.1 +tcp side.direct.lab.test TXT)"
+echo
+echo "== connections by name: the name's rule routes the connection (resolv.conf names a"
+echo "   server that exists nowhere; only splitd's capture can answer)"
+echo "nameserver 192.0.2.53" >"$LAB_DIR/resolv.conf"
+by_name() {
+  printf '  %-28s -> %s\n' "$1" \
+    "$(in_host unshare -m sh -c "mount --bind '$LAB_DIR/resolv.conf' /etc/resolv.conf && curl -s --max-time 5 '$1'")"
+}
+by_name http://www.direct.lab.test/
+by_name http://whoami.lab.test/
+echo
+echo "== splitctl dns: what splitd learned from the answers (the CNAME chain included)"
+"$SPLITCTL" --socket "$LAB_DIR/api.sock" dns | sed 's/^/  /'
+echo
+echo "== UDP too: a datagram to the tunnelled network goes through the tunnel"
 printf '  %-28s -> %s\n' "udp 198.51.100.10:9000" \
   "$(in_host bash -c 'exec 3<>/dev/udp/198.51.100.10/9000; echo hi >&3; timeout 2 dd bs=65536 count=1 status=none <&3 | head -n1')"
 
