@@ -18,6 +18,9 @@ PACKAGES=(
   openvpn wireguard-go wireguard-tools iptables util-linux
   # tests and benches
   python3 jq
+  # lab-bench's DNS round: the load generator and the peer (PowerDNS's DNS proxy); the
+  # package's service is not started
+  dnsperf dnsdist
   # promtool (checks /metrics); the package's service is not started
   prometheus
 )
