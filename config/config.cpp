@@ -406,6 +406,7 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
       {"max_names", p.integer(c.dns.max_names, 1, 10'000'000)},
       {"doh_canary", p.boolean(c.dns.doh_canary)},
       {"block_dot", p.boolean(c.dns.block_dot)},
+      {"threads", p.integer(c.dns.threads, 0, 64)},
   };
   p.table(parsed.table(), "",
           {{"daemon", [&](const toml::node& n, const std::string& k) { p.section(n, k, daemon); }},
@@ -548,6 +549,7 @@ const KeyRule kKeys[] = {
     SPLITD_KEY("dns.max_names", kRestart, dns.max_names),
     SPLITD_KEY("dns.doh_canary", kRestart, dns.doh_canary),
     SPLITD_KEY("dns.block_dot", kFootprint, dns.block_dot),
+    SPLITD_KEY("dns.threads", kRestart, dns.threads),
 };
 
 #undef SPLITD_KEY

@@ -79,6 +79,7 @@ struct DnsSection {
   std::uint32_t max_names = 200000;       // learned IPs kept (LRU)
   bool doh_canary = true;                 // NXDOMAIN for use-application-dns.net
   bool block_dot = false;                 // refuse TCP/UDP 853 (DNS over TLS)
+  std::uint32_t threads = 0;              // forwarder threads; 0: one per CPU, at most 4
   friend bool operator==(const DnsSection&, const DnsSection&) = default;
 };
 

@@ -377,6 +377,7 @@ int Runtime::start_dns() {
   o.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg_.dns.timeout);
   o.cache_ttl = std::chrono::duration_cast<std::chrono::seconds>(cfg_.dns.cache_ttl);
   o.doh_canary = cfg_.dns.doh_canary;
+  o.threads = cfg_.dns.threads;
   forwarder_ = std::make_unique<dns::Forwarder>(*decider_, *names_, o);
   dns::Upstreams up;
   up.tunnel = cfg_.dns.servers;
@@ -394,7 +395,8 @@ int Runtime::start_dns() {
     for (const auto& ip : v) out += (out.empty() ? "" : ", ") + ip.to_string();
     return out.empty() ? std::string("none") : out;
   };
-  log::info("dns: capturing port ", cfg_.dns.intercept_port, " (UDP and TCP, local stubs too); tunnel names via ",
+  log::info("dns: capturing port ", cfg_.dns.intercept_port, " (UDP and TCP, local stubs too; ", forwarder_->threads(),
+            " forwarder threads); tunnel names via ",
             list(up.tunnel), ", direct names via ",
             up.direct.empty() ? list(up.system) + " (the system's)" : list(up.direct));
   if (up.direct.empty() && up.system.empty()) {

@@ -156,13 +156,19 @@ struct IpPortHash {
 
 }  // namespace
 
-class Forwarder::Impl {
- public:
-  Impl(const decider::RuleDecider& decider, NameStore& names, ForwarderOptions o)
-      : decider_(decider), names_(names), opts_(o), rng_(std::random_device{}()) {}
+struct Forwarder::Shared {
+  mutable std::mutex mu;
+  Upstreams upstreams;
+};
 
-  Expected<void, std::string> start(Upstreams u) {
-    upstreams_ = std::move(u);
+// One thread's forwarder: its own io_context, listeners (SO_REUSEPORT: the kernel spreads
+// the captured queries over the workers), upstream sockets, pending queries and cache.
+class Forwarder::Worker {
+ public:
+  Worker(const decider::RuleDecider& decider, NameStore& names, ForwarderOptions o, Shared& shared)
+      : decider_(decider), names_(names), opts_(o), shared_(shared), rng_(std::random_device{}()) {}
+
+  Expected<void, std::string> start() {
     for (bool v6 : {false, true}) {
       if (v6 && !opts_.ipv6) continue;
       const IpAddress lo = v6 ? IpAddress::v6(in6addr_loopback) : IpAddress::v4(INADDR_LOOPBACK);
@@ -197,14 +203,6 @@ class Forwarder::Impl {
     thread_.join();
   }
 
-  void set_upstreams(Upstreams u) {
-    std::lock_guard lock(up_mu_);
-    upstreams_ = std::move(u);
-  }
-  Upstreams upstreams() const {
-    std::lock_guard lock(up_mu_);
-    return upstreams_;
-  }
 
   ForwarderStats stats() const {
     ForwarderStats s;
@@ -317,6 +315,7 @@ class Forwarder::Impl {
     }
     if (v6) set_int(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1);
     set_int(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1);
+    set_int(fd.get(), SOL_SOCKET, SO_REUSEPORT, 1);
     if (!set_int(fd.get(), v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, 1)) {
       return unexpected("dns: transparent UDP listener: " + errno_text(errno) +
                         (errno == EPERM ? " (needs CAP_NET_ADMIN)" : ""));
@@ -353,6 +352,7 @@ class Forwarder::Impl {
     const int fd = a->native_handle();
     if (lo.is_v6()) set_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1);
     set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    set_int(fd, SOL_SOCKET, SO_REUSEPORT, 1);
     if (!set_int(fd, lo.is_v6() ? SOL_IPV6 : SOL_IP, lo.is_v6() ? IPV6_TRANSPARENT : IP_TRANSPARENT, 1)) {
       return unexpected("dns: transparent TCP listener: " + errno_text(errno));
     }
@@ -574,8 +574,8 @@ class Forwarder::Impl {
     p->q = std::move(q);
     p->route = qr;
     {
-      std::lock_guard lock(up_mu_);
-      p->servers = qr == QueryRoute::kTunnel ? upstreams_.tunnel : upstreams_.for_direct();
+      std::lock_guard lock(shared_.mu);
+      p->servers = qr == QueryRoute::kTunnel ? shared_.upstreams.tunnel : shared_.upstreams.for_direct();
     }
     p->started_at = Clock::now();
     Pending& ref = *p;
@@ -624,6 +624,8 @@ class Forwarder::Impl {
     if (upstream_sockets_.size() >= 64) close_idle_upstreams();
     Fd fd(::socket(server.af(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd) return nullptr;
+    // Answers of every query in flight to this server land here: room for bursts.
+    if (!set_int(fd.get(), SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)) set_int(fd.get(), SOL_SOCKET, SO_RCVBUF, 1 << 20);
     if (auto r = bind_to_route(fd.get(), route, opts_.bypass_mark); !r) {
       log::debug("dns: upstream socket for ", server.to_string(), ": ", r.error());
       return nullptr;
@@ -1019,6 +1021,7 @@ class Forwarder::Impl {
   const decider::RuleDecider& decider_;
   NameStore& names_;
   const ForwarderOptions opts_;
+  Shared& shared_;
   std::mt19937 rng_;
 
   asio::io_context ctx_{1};
@@ -1026,8 +1029,6 @@ class Forwarder::Impl {
   bool stopping_ = false;
   asio::steady_timer sweep_timer_{ctx_};
 
-  mutable std::mutex up_mu_;
-  Upstreams upstreams_;
 
   std::vector<std::uint8_t> buf_ = std::vector<std::uint8_t>(kMaxUdp);
   std::vector<std::uint8_t> send_buf_;
@@ -1056,13 +1057,66 @@ class Forwarder::Impl {
 };
 
 Forwarder::Forwarder(const decider::RuleDecider& decider, NameStore& names, ForwarderOptions options)
-    : impl_(std::make_unique<Impl>(decider, names, options)) {}
+    : shared_(std::make_unique<Shared>()) {
+  std::size_t n = options.threads;
+  if (n == 0) n = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 4);
+  for (std::size_t i = 0; i < n; ++i) {
+    workers_.push_back(std::make_unique<Worker>(decider, names, options, *shared_));
+  }
+}
+
 Forwarder::~Forwarder() { stop(); }
-Expected<void, std::string> Forwarder::start(Upstreams upstreams) { return impl_->start(std::move(upstreams)); }
-void Forwarder::stop() { impl_->stop(); }
-void Forwarder::set_upstreams(Upstreams upstreams) { impl_->set_upstreams(std::move(upstreams)); }
-Upstreams Forwarder::upstreams() const { return impl_->upstreams(); }
-ForwarderStats Forwarder::stats() const { return impl_->stats(); }
-void Forwarder::clear_cache() { impl_->clear_cache(); }
+
+Expected<void, std::string> Forwarder::start(Upstreams upstreams) {
+  set_upstreams(std::move(upstreams));
+  for (auto& w : workers_) {
+    if (auto r = w->start(); !r) {
+      stop();
+      return r;
+    }
+  }
+  return {};
+}
+
+void Forwarder::stop() {
+  for (auto& w : workers_) w->stop();
+}
+
+void Forwarder::set_upstreams(Upstreams upstreams) {
+  std::lock_guard lock(shared_->mu);
+  shared_->upstreams = std::move(upstreams);
+}
+
+Upstreams Forwarder::upstreams() const {
+  std::lock_guard lock(shared_->mu);
+  return shared_->upstreams;
+}
+
+ForwarderStats Forwarder::stats() const {
+  ForwarderStats total;
+  for (const auto& w : workers_) {
+    const ForwarderStats s = w->stats();
+    for (std::size_t r = 0; r < kQueryRoutes; ++r) {
+      for (std::size_t k = 0; k < kQueryResults; ++k) total.queries[r][k] += s.queries[r][k];
+    }
+    total.malformed_queries += s.malformed_queries;
+    total.malformed_answers += s.malformed_answers;
+    total.upstream_timeouts += s.upstream_timeouts;
+    total.upstream_errors += s.upstream_errors;
+    total.tcp_retries += s.tcp_retries;
+    total.tcp_clients += s.tcp_clients;
+    total.cache_entries += s.cache_entries;
+    for (std::size_t i = 0; i < total.latency_buckets.size(); ++i) total.latency_buckets[i] += s.latency_buckets[i];
+    total.latency_sum_seconds += s.latency_sum_seconds;
+    total.latency_count += s.latency_count;
+  }
+  return total;
+}
+
+void Forwarder::clear_cache() {
+  for (auto& w : workers_) w->clear_cache();
+}
+
+std::size_t Forwarder::threads() const { return workers_.size(); }
 
 }  // namespace splitd::dns

@@ -33,6 +33,7 @@ struct ForwarderOptions {
   std::size_t max_tcp_clients = 256;
   std::size_t max_tcp_queries = 64;  // in flight per TCP client connection
   std::chrono::milliseconds tcp_idle{10000};
+  std::size_t threads = 0;  // workers; 0: one per CPU, at most 4
 };
 
 // The upstream servers, by route. `direct` empty: the system's resolvers are used, which
@@ -86,8 +87,10 @@ struct ForwarderStats {
 // client asked. Every answer's addresses are recorded in the NameStore before the answer
 // is sent, so the connection that follows is decided with its name known.
 //
-// Runs one thread of its own (an io_context); start()/stop()/set_upstreams()/stats() may
-// be called from any thread. The decider and the store must outlive it.
+// Runs `threads` workers, each a thread with its own io_context and SO_REUSEPORT
+// listeners, so the kernel spreads the queries over the cores; start()/stop()/
+// set_upstreams()/stats() may be called from any thread. The decider and the store must
+// outlive it.
 class Forwarder {
  public:
   Forwarder(const decider::RuleDecider& decider, NameStore& names, ForwarderOptions options);
@@ -103,11 +106,14 @@ class Forwarder {
   Upstreams upstreams() const;
   ForwarderStats stats() const;
   void clear_cache();
+  std::size_t threads() const;
 
-  class Impl;
+  class Worker;
+  struct Shared;
 
  private:
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<Shared> shared_;
+  std::vector<std::unique_ptr<Worker>> workers_;
 };
 
 // The nameservers of a resolv.conf text that are not on this host (127/8, ::1 and the

@@ -75,6 +75,7 @@ ttl_floor = "0s"
 max_names = 1000
 doh_canary = false
 block_dot = true
+threads = 2
 )", "full.toml");
   ASSERT_TRUE(c.has_value()) << c.error().front().to_string();
   EXPECT_EQ(c->daemon.log_level, log::Level::kDebug);
@@ -99,6 +100,7 @@ block_dot = true
   EXPECT_EQ(c->dns.max_names, 1000u);
   EXPECT_FALSE(c->dns.doh_canary);
   EXPECT_TRUE(c->dns.block_dot);
+  EXPECT_EQ(c->dns.threads, 2u);
 }
 
 struct Bad {
