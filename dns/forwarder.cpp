@@ -469,6 +469,12 @@ class Forwarder::Worker {
                                                asio::as_tuple(net::use_awaitable));
       if (ec) break;
       const std::size_t len = (std::size_t{len_be[0]} << 8) | len_be[1];
+      if (len < 12) {
+        // Not even a header: nothing to answer, and the stream is out of step. Closed.
+        malformed_queries_.fetch_add(1, std::memory_order_relaxed);
+        count(QueryRoute::kLocal, QueryResult::kDropped);
+        break;
+      }
       msg.resize(len);
       if (len != 0) {
         auto [ec2, n2] = co_await asio::async_read(c->sock, asio::buffer(msg),
