@@ -85,8 +85,20 @@ NftBatch install_batch(const FirewallConfig& c) {
                                      .ct_mark_neq(c.bypass_mark)
                                      .accept()));
   b.add_rule("output", std::move(NftRule("marked by other software").meta_mark_neq(0).accept()));
-  // DNS before the local-destination rule: a query to a stub on this host (127.0.0.53,
-  // ::1) is captured too, so every name an app resolves reaches the forwarder.
+  // A VPN client's own carrier flow (some run on port 53, to pass firewalls) to its server must follow the client's host route out
+  // the physical interface; intercepted, it would be routed into the tunnel it carries.
+  b.add_rule("output", std::move(NftRule("VPN clients' servers (their host routes via a physical gateway)")
+                                     .daddr_in_set(IpAddress::Family::kV4, "vpn_servers4")
+                                     .accept()));
+  if (c.ipv6) {
+    b.add_rule("output", std::move(NftRule("VPN clients' servers (their host routes via a physical gateway)")
+                                       .daddr_in_set(IpAddress::Family::kV6, "vpn_servers6")
+                                       .accept()));
+  }
+  // DNS before the local-destination and never_intercept rules: a query to a stub on
+  // this host (127.0.0.53, ::1) is captured too, and so is one to a server in
+  // never_intercept (a LAN router), so every name an app resolves reaches the forwarder
+  // and no query for a tunnel name leaves by the physical side.
   if (c.dns_port != 0) {
     NftRule r("DNS to any server, local stubs included");
     if (!c.ipv6) r.nfproto_eq(NFPROTO_IPV4);
@@ -114,16 +126,6 @@ NftBatch install_batch(const FirewallConfig& c) {
         "output",
         std::move(
             NftRule("never_intercept").daddr_in_set(IpAddress::Family::kV6, "never6").accept()));
-  }
-  // A VPN client's own carrier flow to its server must follow the client's host route out
-  // the physical interface; intercepted, it would be routed into the tunnel it carries.
-  b.add_rule("output", std::move(NftRule("VPN clients' servers (their host routes via a physical gateway)")
-                                     .daddr_in_set(IpAddress::Family::kV4, "vpn_servers4")
-                                     .accept()));
-  if (c.ipv6) {
-    b.add_rule("output", std::move(NftRule("VPN clients' servers (their host routes via a physical gateway)")
-                                       .daddr_in_set(IpAddress::Family::kV6, "vpn_servers6")
-                                       .accept()));
   }
   const auto intercept = [&](const char* comment, std::uint8_t proto) {
     NftRule r(comment);

@@ -526,8 +526,12 @@ TEST_F(FirewallLab, DnsRulesWhenCaptureIsOn) {
                    "accept comment \"captured DNS to splitd's forwarder\""),
             std::string::npos)
       << t;
-  // The DNS rule comes before the local-destination rule, so stubs on 127/8 are captured.
+  // The DNS rule comes after the VPN servers' (a VPN carrier on port 53 is never
+  // captured) and before the local-destination and never_intercept rules, so stubs on
+  // 127/8 and servers in never_intercept are captured.
+  EXPECT_LT(t.find("VPN clients' servers"), t.find("DNS to any server")) << t;
   EXPECT_LT(t.find("DNS to any server"), t.find("local, broadcast, multicast destinations")) << t;
+  EXPECT_LT(t.find("DNS to any server"), t.find("comment \"never_intercept\"")) << t;
 }
 
 TEST_F(FirewallLab, DnsToAnyServerAndToLocalStubsReachesTheForwarder) {
