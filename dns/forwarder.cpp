@@ -2,6 +2,7 @@
 
 #include <net/if.h>
 #include <netinet/in.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -85,6 +86,16 @@ using net::error_code;
 using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kMaxUdp = 65535;
+constexpr std::size_t kMaxQuery = 4096;
+// Addresses learned from one answer: a wildcard zone answering thousands of records must
+// not flood the store (and evict the names of real connections).
+constexpr std::size_t kMaxLearnedPerAnswer = 64;
+// Cached answers: none larger than this, and at most kCacheBytes per worker.
+constexpr std::size_t kMaxCachedAnswer = 8192;
+constexpr std::size_t kCacheBytes = 16u << 20;
+// An upstream socket (one random source port) serves this many queries, then a new one
+// takes over: an off-path spoofer must guess the port as well as the id.
+constexpr std::uint32_t kQueriesPerUpstreamSocket = 32;
 constexpr char kCanary[] = "use-application-dns.net";
 constexpr std::uint8_t kRcodeServfail = 2, kRcodeNxdomain = 3, kRcodeRefused = 5;
 
@@ -194,6 +205,7 @@ class Forwarder::Worker {
       for (auto& l : udp_listeners_) l->desc.close();
       for (auto& [k, r] : reply_sockets_) r->desc.close();
       for (auto& [k, u] : upstream_sockets_) u->desc.close();
+      for (auto& u : dead_upstreams_) u->desc.close();
       for (auto& c : tcp_clients_) {
         if (auto s = c.lock()) s->sock.close();
       }
@@ -231,6 +243,7 @@ class Forwarder::Worker {
     asio::post(ctx_, [this] {
       cache_.clear();
       cache_lru_.clear();
+      cache_bytes_ = 0;
       cache_size_.store(0, std::memory_order_relaxed);
     });
   }
@@ -262,6 +275,7 @@ class Forwarder::Worker {
     asio::posix::stream_descriptor desc;
     std::unordered_map<std::uint16_t, std::uint64_t> inflight;  // id -> pending serial
     Clock::time_point last_used;
+    std::uint32_t uses = 0;  // queries sent on it
   };
   // By (server, interface index).
   using UpstreamMap =
@@ -300,6 +314,7 @@ class Forwarder::Worker {
     std::vector<std::string> names;
     std::vector<LearnedAddress> addresses;
     Clock::time_point stored;
+    Clock::time_point learned;  // when its addresses last went into the store
     Clock::time_point expires;
     std::list<std::string>::iterator lru;
   };
@@ -425,6 +440,16 @@ class Forwarder::Worker {
       if (stopping_) return;
       if (!ec) on_tcp_client(std::move(sock));
       if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) return;
+      if (ec) {
+        // EMFILE and the like: the listener stays readable, so accepting again at once
+        // would spin. Wait a little; UDP keeps being served meanwhile.
+        log::debug("dns: accept: ", ec.message(), "; pausing TCP accepts for 100 ms");
+        auto t = std::make_shared<asio::steady_timer>(ctx_, std::chrono::milliseconds(100));
+        t->async_wait([this, &a, t](error_code tec) {
+          if (!tec && !stopping_) accept_next(a);
+        });
+        return;
+      }
       accept_next(a);
     });
   }
@@ -481,7 +506,7 @@ class Forwarder::Worker {
                                                    asio::as_tuple(net::use_awaitable));
         if (ec2) break;
       }
-      if (c->inflight >= opts_.max_tcp_queries) {
+      if (c->inflight + c->out.size() >= opts_.max_tcp_queries) {
         count(QueryRoute::kLocal, QueryResult::kDropped);
         break;  // a client that will not read its answers: close it
       }
@@ -539,6 +564,14 @@ class Forwarder::Worker {
   }
 
   void on_query(ClientRef c, std::span<const std::uint8_t> wire) {
+    // Real queries are a few hundred bytes; a larger one would only hold memory while it
+    // waits for an upstream.
+    if (wire.size() > kMaxQuery) {
+      malformed_queries_.fetch_add(1, std::memory_order_relaxed);
+      count(QueryRoute::kLocal, QueryResult::kDropped);
+      drop(c);
+      return;
+    }
     auto parsed = parse_query(wire);
     if (!parsed) {
       malformed_queries_.fetch_add(1, std::memory_order_relaxed);
@@ -558,8 +591,12 @@ class Forwarder::Worker {
       return;
     }
     const decider::SessionInfo info = client_info(c);
-    // The route kind of the name; each server's own family picks its interface below.
-    const decider::Route route = decider_.decide_name(info, q.name, IpAddress::Family::kV4);
+    // The route kind of the name; each server's own family picks its interface below. A
+    // side with only IPv6 (a tunnel without an IPv4 address) is still that side.
+    decider::Route route = decider_.decide_name(info, q.name, IpAddress::Family::kV4);
+    if (route.kind == decider::RouteKind::kBlock) {
+      route = decider_.decide_name(info, q.name, IpAddress::Family::kV6);
+    }
     if (route.kind == decider::RouteKind::kBlock) {
       count(QueryRoute::kBlock, QueryResult::kBlocked);
       reply(c, make_response(wire, q, kRcodeServfail), &q);
@@ -653,8 +690,10 @@ class Forwarder::Worker {
     return raw;
   }
 
-  void retire_upstream(UpstreamMap::iterator it) {
-    it->second->desc.close();
+  // `keep_reading`: the socket still receives the answers of its queries in flight (a
+  // rotation); otherwise it is closed now (its address is stale) and they time out.
+  void retire_upstream(UpstreamMap::iterator it, bool keep_reading = false) {
+    if (!keep_reading || it->second->inflight.empty()) it->second->desc.close();
     dead_upstreams_.push_back(std::move(it->second));
     upstream_sockets_.erase(it);
   }
@@ -691,7 +730,7 @@ class Forwarder::Worker {
     if (u == nullptr) return false;
     std::uint16_t id = 0;
     for (int tries = 0; tries < 16; ++tries) {
-      id = static_cast<std::uint16_t>(rng_());
+      id = random_id();
       if (!u->inflight.contains(id)) break;
     }
     if (u->inflight.contains(id)) return false;
@@ -711,6 +750,12 @@ class Forwarder::Worker {
     }
     u->inflight.emplace(id, p.serial);
     u->last_used = Clock::now();
+    if (++u->uses >= kQueriesPerUpstreamSocket) {
+      // Retired now, freed once its queries are answered or timed out; the next query
+      // opens a socket with a new random port.
+      auto it = upstream_sockets_.find({p.server, static_cast<std::uint16_t>(p.server_route.ifindex)});
+      if (it != upstream_sockets_.end() && it->second.get() == u) retire_upstream(it, /*keep_reading=*/true);
+    }
     p.up = u;
     p.up_id = id;
     deadlines_.push_back({Clock::now() + opts_.timeout, p.serial, p.attempt});
@@ -728,6 +773,9 @@ class Forwarder::Worker {
       return;
     }
     Pending& p = *pit->second;
+    // The upstream echoes the question we sent (the client's bytes): anything else is not
+    // the answer to it, and is not worth a parse.
+    if (!same_question(wire, p)) return;
     auto info = parse_answer(wire, p.q);
     if (info && !info->question_matches) return;  // not the answer to this question: keep waiting
     u.inflight.erase(it);
@@ -745,6 +793,18 @@ class Forwarder::Worker {
     upstream_answered(p, wire, std::move(info.value()));
   }
 
+  static bool same_question(std::span<const std::uint8_t> answer, const Pending& p) {
+    const std::size_t end = p.q.question_end;
+    if (answer.size() < end || p.wire.size() < end || end < 12) return false;
+    for (std::size_t i = 12; i < end; ++i) {
+      std::uint8_t a = answer[i], b = p.wire[i];
+      if (a >= 'A' && a <= 'Z') a = static_cast<std::uint8_t>(a - 'A' + 'a');
+      if (b >= 'A' && b <= 'Z') b = static_cast<std::uint8_t>(b - 'A' + 'a');
+      if (a != b) return false;
+    }
+    return true;
+  }
+
   void upstream_answered(Pending& p, std::span<const std::uint8_t> wire, AnswerInfo info) {
     record_latency(Clock::now() - p.sent_at);
     if ((info.rcode == kRcodeServfail || info.rcode == kRcodeRefused) &&
@@ -754,10 +814,19 @@ class Forwarder::Worker {
       return;
     }
     // Learned before the answer leaves: the app's connection that follows finds its name.
-    for (const LearnedAddress& a : info.addresses) names_.learn(a.ip, info.names, a.ttl, Source::kDns);
+    learn(info.addresses, info.names, 0);
     std::vector<std::uint8_t> answer(wire.begin(), wire.end());
     store_cache(p, answer, info);
     finish(p, std::move(answer), QueryResult::kAnswered);
+  }
+
+  void learn(const std::vector<LearnedAddress>& addresses, const std::vector<std::string>& names,
+             std::uint32_t elapsed) {
+    const std::size_t n = std::min(addresses.size(), kMaxLearnedPerAnswer);
+    for (std::size_t i = 0; i < n; ++i) {
+      const LearnedAddress& a = addresses[i];
+      names_.learn(a.ip, names, a.ttl > elapsed ? a.ttl - elapsed : 0, Source::kDns);
+    }
   }
 
   // Sends an answer built from an upstream's (restored id and question) and forgets p.
@@ -784,7 +853,7 @@ class Forwarder::Worker {
     const IpAddress server = pit->second->server;
     const decider::Route route = pit->second->server_route;
     std::vector<std::uint8_t> query = pit->second->wire;
-    const auto id = static_cast<std::uint16_t>(rng_());
+    const auto id = random_id();
     set_id(query, id);
 
     auto sock = std::make_shared<net::tcp::socket>(ctx_);
@@ -861,17 +930,15 @@ class Forwarder::Worker {
   void store_cache(const Pending& p, const std::vector<std::uint8_t>& answer, const AnswerInfo& info) {
     if (opts_.cache_ttl.count() == 0 || opts_.cache_entries == 0) return;
     if (info.rcode != 0 && info.rcode != kRcodeNxdomain) return;
+    if (answer.size() > kMaxCachedAnswer) return;
     const std::uint32_t ttl = std::min<std::uint32_t>(
         info.min_ttl, static_cast<std::uint32_t>(opts_.cache_ttl.count()));
     if (ttl == 0) return;
     std::string key = cache_key(p.q, p.route);
-    if (auto it = cache_.find(key); it != cache_.end()) {
-      cache_lru_.erase(it->second.lru);
-      cache_.erase(it);
-    }
-    while (cache_.size() >= opts_.cache_entries && !cache_lru_.empty()) {
-      cache_.erase(cache_lru_.back());
-      cache_lru_.pop_back();
+    if (auto it = cache_.find(key); it != cache_.end()) drop_cached(it);
+    while ((cache_.size() >= opts_.cache_entries || cache_bytes_ + answer.size() > kCacheBytes) &&
+           !cache_lru_.empty()) {
+      drop_cached(cache_.find(cache_lru_.back()));
     }
     cache_lru_.push_front(key);
     CacheEntry e;
@@ -880,10 +947,19 @@ class Forwarder::Worker {
     e.names = info.names;
     e.addresses = info.addresses;
     e.stored = Clock::now();
+    e.learned = e.stored;
     e.expires = e.stored + std::chrono::seconds(ttl);
     e.lru = cache_lru_.begin();
+    cache_bytes_ += e.wire.size();
     cache_.emplace(std::move(key), std::move(e));
     cache_size_.store(cache_.size(), std::memory_order_relaxed);
+  }
+
+  void drop_cached(std::unordered_map<std::string, CacheEntry>::iterator it) {
+    if (it == cache_.end()) return;
+    cache_bytes_ -= it->second.wire.size();
+    cache_lru_.erase(it->second.lru);
+    cache_.erase(it);
   }
 
   bool serve_cached(const ClientRef& c, std::span<const std::uint8_t> wire, const Query& q, QueryRoute r) {
@@ -894,8 +970,7 @@ class Forwarder::Worker {
     CacheEntry& e = it->second;
     const auto now = Clock::now();
     if (now >= e.expires) {
-      cache_lru_.erase(e.lru);
-      cache_.erase(it);
+      drop_cached(it);
       cache_size_.store(cache_.size(), std::memory_order_relaxed);
       return false;
     }
@@ -903,8 +978,11 @@ class Forwarder::Worker {
         std::chrono::duration_cast<std::chrono::seconds>(now - e.stored).count());
     std::vector<std::uint8_t> answer = e.wire;
     age_ttls(answer, e.ttl_offsets, elapsed);
-    for (const LearnedAddress& a : e.addresses) {
-      names_.learn(a.ip, e.names, a.ttl > elapsed ? a.ttl - elapsed : 0, Source::kDns);
+    // The store learned these with the answer and keeps them past its TTL; a hit renews
+    // them at most every 10 s (a flush or an eviction in between is made good then).
+    if (now - e.learned >= std::chrono::seconds(10)) {
+      learn(e.addresses, e.names, elapsed);
+      e.learned = now;
     }
     if (!restore_question(answer, wire, q)) return false;
     cache_lru_.splice(cache_lru_.begin(), cache_lru_, e.lru);
@@ -966,7 +1044,15 @@ class Forwarder::Worker {
     sockaddr_storage ss;
     const socklen_t len = to_sockaddr(server, port, ss);
     if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-      log::debug("dns: reply socket ", server.to_string(), ":", port, ": ", errno_text(errno));
+      // A local server holding that port without SO_REUSEADDR: its clients' queries are
+      // captured but cannot be answered from its address.
+      const std::string why = errno_text(errno);
+      const auto now = Clock::now();
+      if (now - last_warning_ >= std::chrono::seconds(30)) {
+        last_warning_ = now;
+        log::warn("dns: cannot answer from ", server.to_string(), " port ", port, " (", why,
+                  "): queries to it go unanswered; a local server there must set SO_REUSEADDR");
+      }
       return nullptr;
     }
     auto s = std::make_unique<UdpSock>(ctx_);
@@ -1004,7 +1090,14 @@ class Forwarder::Worker {
     }
     // Closed sockets go once their aborted handlers have run (a sweep later) and, for an
     // upstream, once no pending query points at it (its tries time out).
-    std::erase_if(dead_upstreams_, [](const std::unique_ptr<Upstream>& u) { return u->inflight.empty(); });
+    std::erase_if(dead_upstreams_, [](const std::unique_ptr<Upstream>& u) {
+      if (!u->inflight.empty()) return false;
+      if (u->desc.is_open()) {
+        u->desc.close();  // its handler runs aborted before the next sweep
+        return false;
+      }
+      return true;
+    });
     dead_replies_.clear();
   }
 
@@ -1028,7 +1121,19 @@ class Forwarder::Worker {
   NameStore& names_;
   const ForwarderOptions opts_;
   Shared& shared_;
-  std::mt19937 rng_;
+  // Query ids from the kernel's CSPRNG, drawn in blocks.
+  std::uint16_t random_id() {
+    if (random_pos_ == random_ids_.size()) {
+      if (::getrandom(random_ids_.data(), random_ids_.size() * sizeof(std::uint16_t), 0) < 0) {
+        for (auto& v : random_ids_) v = static_cast<std::uint16_t>(rng_());
+      }
+      random_pos_ = 0;
+    }
+    return random_ids_[random_pos_++];
+  }
+  std::mt19937 rng_;  // fallback only
+  std::array<std::uint16_t, 512> random_ids_{};
+  std::size_t random_pos_ = random_ids_.size();
 
   asio::io_context ctx_{1};
   std::thread thread_;
@@ -1052,6 +1157,7 @@ class Forwarder::Worker {
 
   std::unordered_map<std::string, CacheEntry> cache_;
   std::list<std::string> cache_lru_;
+  std::size_t cache_bytes_ = 0;
 
   Clock::time_point last_warning_{};
 

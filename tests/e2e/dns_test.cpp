@@ -320,13 +320,22 @@ TEST(DnsCapture, AStubsOwnUpstreamQueriesAreRoutedAndLearned) {
                                     "--listen-address=127.0.0.53 --port=5300 --server=203.0.113.53 "
                                     "--user=root --group=root --cache-size=0 --pid-file='" + pid + "'");
   ASSERT_EQ(up.exit_code, 0) << up.err;
+  // And a stub on 127.0.0.53 port 53 itself, as resolved's: queries to it are captured,
+  // and splitd's answer must come from 127.0.0.53:53 while the stub holds that port.
+  const std::string pid53 = lab->state_dir() + "/stub53.pid";
+  const auto up53 = lab->exec("host", "dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --bind-interfaces "
+                                      "--listen-address=127.0.0.53 --port=53 --address=/lab.test/192.0.2.66 "
+                                      "--user=root --group=root --pid-file='" + pid53 + "'");
+  ASSERT_EQ(up53.exit_code, 0) << up53.err;
   auto splitd = SplitdProcess::start(*lab, dns_config("exclude", {"*.direct.lab.test"}));
+  EXPECT_EQ(dig(*lab, "@127.0.0.53 side.direct.lab.test TXT"), "\"wan\"") << splitd->log();
+  EXPECT_EQ(dig(*lab, "@127.0.0.53 +tcp side.lab.test TXT"), "\"vpn\"") << splitd->log();
   EXPECT_EQ(dig(*lab, "@127.0.0.53 -p 5300 www.direct.lab.test A"), "whoami.lab.test. 203.0.113.10")
       << splitd->log();
   EXPECT_EQ(dig(*lab, "@127.0.0.53 -p 5300 side.lab.test TXT"), "\"vpn\"");
   EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan ")) << splitd->log();
   EXPECT_EQ(splitd->terminate(), 0);
-  lab->exec("host", "kill $(cat '" + pid + "')");
+  lab->exec("host", "kill $(cat '" + pid + "') $(cat '" + pid53 + "')");
 }
 
 // The core cases over a real VPN client (wg-quick with wireguard-go).
