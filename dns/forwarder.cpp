@@ -295,6 +295,10 @@ class Forwarder::Worker {
     std::uint16_t up_id = 0;
     IpAddress server;
     decider::Route server_route;
+    // on_query's decision, for the first try to a server of that family (later tries
+    // decide again: the tunnel may have gone meanwhile).
+    std::optional<decider::Route> decided;
+    IpAddress::Family decided_family = IpAddress::Family::kV4;
     Clock::time_point sent_at;
     Clock::time_point started_at;
   };
@@ -593,9 +597,11 @@ class Forwarder::Worker {
     const decider::SessionInfo info = client_info(c);
     // The route kind of the name; each server's own family picks its interface below. A
     // side with only IPv6 (a tunnel without an IPv4 address) is still that side.
-    decider::Route route = decider_.decide_name(info, q.name, IpAddress::Family::kV4);
+    IpAddress::Family family = IpAddress::Family::kV4;
+    decider::Route route = decider_.decide_name(info, q.name, family);
     if (route.kind == decider::RouteKind::kBlock) {
-      route = decider_.decide_name(info, q.name, IpAddress::Family::kV6);
+      family = IpAddress::Family::kV6;
+      route = decider_.decide_name(info, q.name, family);
     }
     if (route.kind == decider::RouteKind::kBlock) {
       count(QueryRoute::kBlock, QueryResult::kBlocked);
@@ -616,6 +622,8 @@ class Forwarder::Worker {
     p->wire.assign(wire.begin(), wire.end());
     p->q = std::move(q);
     p->route = qr;
+    p->decided = std::move(route);
+    p->decided_family = family;
     {
       std::lock_guard lock(shared_.mu);
       p->servers = qr == QueryRoute::kTunnel ? shared_.upstreams.tunnel : shared_.upstreams.for_direct();
@@ -631,7 +639,10 @@ class Forwarder::Worker {
     const decider::SessionInfo info = client_info(p.client);
     while (p.next_server < p.servers.size()) {
       const IpAddress server = p.servers[p.next_server++];
-      decider::Route r = decider_.decide_name(info, p.q.name, server.family());
+      decider::Route r = p.decided && server.family() == p.decided_family
+                             ? std::move(*p.decided)
+                             : decider_.decide_name(info, p.q.name, server.family());
+      p.decided.reset();
       const bool same_side = (r.kind == decider::RouteKind::kTunnel) == (p.route == QueryRoute::kTunnel);
       if (r.kind == decider::RouteKind::kBlock || !same_side) continue;
       ++p.attempt;
@@ -648,11 +659,17 @@ class Forwarder::Worker {
     fail(p, QueryResult::kServfail);
   }
 
-  void warn_once(const std::string& what) {
+  // At most one warning per 30 s per worker: a condition that fails every query must not
+  // flood the log.
+  bool warning_due() {
     const auto now = Clock::now();
-    if (now - last_warning_ < std::chrono::seconds(30)) return;
+    if (now - last_warning_ < std::chrono::seconds(30)) return false;
     last_warning_ = now;
-    log::warn("dns: ", what, ": answering SERVFAIL");
+    return true;
+  }
+
+  void warn_once(const std::string& what) {
+    if (warning_due()) log::warn("dns: ", what, ": answering SERVFAIL");
   }
 
   Upstream* upstream_for(const IpAddress& server, const decider::Route& route) {
@@ -700,13 +717,9 @@ class Forwarder::Worker {
 
   void close_idle_upstreams() {
     for (auto it = upstream_sockets_.begin(); it != upstream_sockets_.end();) {
-      if (it->second->inflight.empty()) {
-        it->second->desc.close();
-        dead_upstreams_.push_back(std::move(it->second));
-        it = upstream_sockets_.erase(it);
-      } else {
-        ++it;
-      }
+      auto next = std::next(it);
+      if (it->second->inflight.empty()) retire_upstream(it);
+      it = next;
     }
   }
 
@@ -1047,9 +1060,7 @@ class Forwarder::Worker {
       // A local server holding that port without SO_REUSEADDR: its clients' queries are
       // captured but cannot be answered from its address.
       const std::string why = errno_text(errno);
-      const auto now = Clock::now();
-      if (now - last_warning_ >= std::chrono::seconds(30)) {
-        last_warning_ = now;
+      if (warning_due()) {
         log::warn("dns: cannot answer from ", server.to_string(), " port ", port, " (", why,
                   "): queries to it go unanswered; a local server there must set SO_REUSEADDR");
       }

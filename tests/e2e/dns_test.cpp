@@ -100,6 +100,16 @@ double metric(const std::string& text, const std::string& series) {
   return 0;
 }
 
+// Waits (5 s at most) until splitd's /metrics says the tunnel is down.
+bool wait_tunnel_down(const lab::Lab& lab) {
+  const auto by = Clock::now() + 5s;
+  while (metric(metrics(lab), "splitd_tunnel_up") != 0) {
+    if (Clock::now() >= by) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return true;
+}
+
 TEST(DnsCapture, EachQueryIsAnsweredByTheSideItsNameRoutesTo) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
   auto splitd = SplitdProcess::start(*lab, dns_config("exclude", {"*.direct.lab.test"}));
@@ -202,11 +212,7 @@ TEST(DnsCapture, NoQueryForATunnelNameReachesTheWanSide) {
   EXPECT_GE(dns_packets(*lab, "vpn"), 4);
   // The tunnel goes down: the kill switch answers SERVFAIL at once, nothing tries phys0.
   ASSERT_EQ(lab->exec("host", "ip link set tun0 down").exit_code, 0);
-  const auto down_by = Clock::now() + 5s;
-  while (metric(metrics(*lab), "splitd_tunnel_up") != 0 && Clock::now() < down_by) {
-    std::this_thread::sleep_for(20ms);
-  }
-  ASSERT_EQ(metric(metrics(*lab), "splitd_tunnel_up"), 0) << splitd->log();
+  ASSERT_TRUE(wait_tunnel_down(*lab)) << splitd->log();
   for (const std::string server : {"203.0.113.53", "2001:db8::53"}) {
     for (const std::string transport : {"+notcp", "+tcp"}) {
       const auto t0 = Clock::now();
@@ -355,10 +361,7 @@ TEST(DnsCapture, OverWgQuickNamesRouteAndNothingLeaks) {
   // wg-quick down: tunnel names get SERVFAIL at once, and still nothing reaches wan.
   reset_dns_counter(*lab, "wan");
   lab->set_vpn_up(false);
-  const auto down_by = Clock::now() + 5s;
-  while (metric(metrics(*lab), "splitd_tunnel_up") != 0 && Clock::now() < down_by) {
-    std::this_thread::sleep_for(20ms);
-  }
+  EXPECT_TRUE(wait_tunnel_down(*lab));
   for (const std::string transport : {"+notcp", "+tcp"}) {
     const std::string out = dig_full(*lab, "@203.0.113.53 " + transport + " side.lab.test TXT");
     EXPECT_NE(out.find("status: SERVFAIL"), std::string::npos) << out;
