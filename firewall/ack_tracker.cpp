@@ -1,9 +1,8 @@
 #include "firewall/ack_tracker.hpp"
 
-#include <libmnl/libmnl.h>
 #include <linux/netlink.h>
 
-#include "firewall/netlink_socket.hpp"
+#include "netlink/message.hpp"
 
 namespace splitd::firewall {
 
@@ -21,16 +20,18 @@ Expected<void, FirewallError> AckTracker::feed(std::span<const std::uint8_t> dat
     return unexpected(FirewallError{FirewallErrorCode::kNetlink,
                                     std::string("nfnetlink: malformed reply: ") + what});
   };
-  int left = static_cast<int>(datagram.size());
-  const auto* nlh = reinterpret_cast<const nlmsghdr*>(datagram.data());
-  for (; mnl_nlmsg_ok(nlh, left); nlh = mnl_nlmsg_next(nlh, &left)) {
+  netlink::MessageReader reader(datagram);
+  while (const nlmsghdr* nlh = reader.next()) {
     if (nlh->nlmsg_pid != portid_) continue;
     const std::uint32_t seq = nlh->nlmsg_seq;
     if (seq < begin_seq_ || seq > end_seq_) continue;  // a reply to an earlier request
     if (nlh->nlmsg_type != NLMSG_ERROR) continue;      // no other replies expected
+    auto ack = netlink::parse_error(*nlh);
+    if (!ack) return malformed("short ACK");
     Failure f;
     f.seq = seq;
-    if (!parse_netlink_error(nlh, f.error, f.ext_message)) return malformed("short ACK");
+    f.error = ack->error;
+    f.ext_message = std::move(ack->message);
     if (seq == begin_seq_ || seq == end_seq_) {
       if (f.error == 0) continue;  // kernels that ACK the frame messages too
       batch_failed_ = true;
@@ -42,7 +43,7 @@ Expected<void, FirewallError> AckTracker::feed(std::span<const std::uint8_t> dat
     }
     if (f.error != 0 && (!failure_ || seq < failure_->seq)) failure_ = std::move(f);
   }
-  if (left != 0) return malformed("truncated message");
+  if (reader.failure()) return malformed("truncated message");
   return {};
 }
 

@@ -8,9 +8,11 @@
 #include <algorithm>
 
 #include "common/log.hpp"
+#include "firewall/netlink_errors.hpp"
 #include "firewall/nft_batch.hpp"
 #include "firewall/policy_routing.hpp"
 #include "firewall/ruleset.hpp"
+#include "netlink/socket.hpp"
 
 namespace splitd::firewall {
 
@@ -40,9 +42,9 @@ std::vector<Cidr> FirewallConfig::default_never_intercept() {
 }
 
 struct Firewall::Impl {
-  NetlinkSocket nft;
+  netlink::Socket nft;
   PolicyRouting routing;
-  NetlinkSocket rule_events;    // RTNLGRP_IPV4_RULE and _IPV6_RULE: anyone's rule changes
+  netlink::Socket rule_events;    // RTNLGRP_IPV4_RULE and _IPV6_RULE: anyone's rule changes
   std::uint32_t priority = 0;   // of splitd's rules as installed (may be below the config's)
 };
 
@@ -74,14 +76,15 @@ Firewall::Firewall(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Firewall::~Firewall() = default;
 
 Expected<std::unique_ptr<Firewall>, FirewallError> Firewall::open() {
-  auto nft = NetlinkSocket::open(NETLINK_NETFILTER, "nfnetlink");
-  if (!nft) return unexpected(nft.error());
+  auto nft = netlink::Socket::open(NETLINK_NETFILTER, "nfnetlink");
+  if (!nft) return unexpected(netlink_error(nft.error()));
   auto routing = PolicyRouting::open();
   if (!routing) return unexpected(routing.error());
-  auto events = NetlinkSocket::open(NETLINK_ROUTE, "rtnetlink rule events");
-  if (!events) return unexpected(events.error());
+  auto events =
+      netlink::Socket::open(NETLINK_ROUTE, "rtnetlink rule events", {.strict_check = true});
+  if (!events) return unexpected(netlink_error(events.error()));
   for (unsigned group : {RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE}) {
-    if (auto j = events->join_group(group); !j) return unexpected(j.error());
+    if (auto j = events->join_group(group); !j) return unexpected(netlink_error(j.error()));
   }
   auto impl = std::make_unique<Impl>(Impl{std::move(*nft), std::move(*routing), std::move(*events), 0});
   return std::unique_ptr<Firewall>(new Firewall(std::move(impl)));
@@ -166,7 +169,7 @@ bool Firewall::drain_rule_events() {
   // Bounded: a program rewriting rules without pause must not hold the main loop; what is
   // left is read on the next call.
   for (int i = 0; i < 256; ++i) {
-    auto d = impl_->rule_events.receive(std::chrono::milliseconds(0));
+    auto d = impl_->rule_events.try_receive();
     if (!d) return true;  // ENOBUFS: events lost; a check is due anyway
     if (d->empty()) return any;
     any = true;

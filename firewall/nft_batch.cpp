@@ -1,6 +1,5 @@
 #include "firewall/nft_batch.hpp"
 
-#include <libmnl/libmnl.h>
 #include <libnftnl/chain.h>
 #include <libnftnl/common.h>
 #include <libnftnl/expr.h>
@@ -23,7 +22,9 @@
 
 #include "firewall/ack_tracker.hpp"
 #include "firewall/interval_set.hpp"
-#include "firewall/netlink_socket.hpp"
+#include "firewall/netlink_errors.hpp"
+#include "netlink/message.hpp"
+#include "netlink/socket.hpp"
 
 namespace splitd::firewall {
 namespace {
@@ -366,13 +367,13 @@ FirewallError NftBatch::describe_failure(std::uint32_t seq, int error,
   return e;
 }
 
-Expected<void, FirewallError> NftBatch::commit(NetlinkSocket& sock) {
+Expected<void, FirewallError> NftBatch::commit(netlink::Socket& sock) {
   const auto messages = static_cast<std::uint32_t>(entries_.size());
   const std::vector<std::uint8_t> datagram = finish(sock.reserve_seqs(messages + 2));
   // One queued ACK costs about 1 KiB of receive buffer; all are queued before send()
   // returns, so the buffer must hold them all.
   sock.ensure_receive_buffer(static_cast<int>(messages) * 1024 + 64 * 1024);
-  if (auto r = sock.send(datagram); !r) return unexpected(r.error());
+  if (auto r = sock.send(datagram); !r) return unexpected(netlink_error(r.error()));
 
   failure_errno_ = 0;
   const bool echoes =
@@ -381,10 +382,10 @@ Expected<void, FirewallError> NftBatch::commit(NetlinkSocket& sock) {
   while (!acks.done()) {
     // After an error only a short wait: the rest of the ACKs are already queued.
     auto data = sock.receive(acks.failure() ? std::chrono::milliseconds(200)
-                                            : NetlinkSocket::kReplyTimeout);
+                                            : netlink::Socket::kReplyTimeout);
     if (!data) {
       if (acks.failure()) break;
-      return unexpected(data.error());
+      return unexpected(netlink_error(data.error()));
     }
     if (data->empty()) {
       if (acks.failure()) break;
@@ -396,9 +397,9 @@ Expected<void, FirewallError> NftBatch::commit(NetlinkSocket& sock) {
     if (echoes) {
       // The echoed rules come before the ACKs: the kernel sends its notifications at
       // commit and delivers the batch's ACKs after that.
-      int left = static_cast<int>(data->size());
-      const auto* nlh = reinterpret_cast<const nlmsghdr*>(data->data());
-      for (; mnl_nlmsg_ok(nlh, left); nlh = mnl_nlmsg_next(nlh, &left)) {
+      // A malformed datagram is reported by acks.feed() below.
+      netlink::MessageReader reader(*data);
+      while (const nlmsghdr* nlh = reader.next()) {
         if (nlh->nlmsg_pid != sock.portid()) continue;
         if (nlh->nlmsg_type != ((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE)) continue;
         if (!take_echo(nlh)) {
@@ -416,23 +417,25 @@ Expected<void, FirewallError> NftBatch::commit(NetlinkSocket& sock) {
   return {};
 }
 
-Expected<bool, FirewallError> nft_table_exists(NetlinkSocket& sock, const std::string& table) {
+Expected<bool, FirewallError> nft_table_exists(netlink::Socket& sock, const std::string& table) {
   auto t = checked<nftnl_table, TableDeleter>(nftnl_table_alloc());
   nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table.c_str());
   alignas(nlmsghdr) char buf[512];
   nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, NFPROTO_INET, NLM_F_ACK, 0);
   nftnl_table_nlmsg_build_payload(nlh, t.get());
   bool seen = false;
-  auto ack = sock.dump(nlh, [&](const nlmsghdr* m) {
+  auto ack = sock.dump(nlh, [&](const nlmsghdr& reply) {
+    const nlmsghdr* m = &reply;
     if ((m->nlmsg_type & 0xff) == NFT_MSG_NEWTABLE) seen = true;
   });
-  if (!ack) return unexpected(ack.error());
-  if (ack->error == ENOENT) return false;
-  if (ack->error != 0) {
-    const bool perm = ack->error == EPERM || ack->error == EACCES;
+  if (!ack) return unexpected(netlink_error(ack.error()));
+  const int error = ack_errno(*ack);
+  if (error == ENOENT) return false;
+  if (error != 0) {
+    const bool perm = error == EPERM || error == EACCES;
     return unexpected(
         FirewallError{perm ? FirewallErrorCode::kPermission : FirewallErrorCode::kKernel,
-                      "query of table inet " + table + ": " + std::strerror(ack->error) +
+                      "query of table inet " + table + ": " + std::strerror(error) +
                           (perm ? "; splitd needs CAP_NET_ADMIN in this network namespace" : "")});
   }
   return seen;
@@ -461,6 +464,10 @@ std::optional<std::string> bounded_string(const void* data, std::size_t len) {
   return std::string(p, static_cast<const char*>(nul));
 }
 
+// What an nftnl_udata_parse callback returns to go on (libmnl's MNL_CB_OK, whose
+// convention libnftnl follows; any value >= 0 continues).
+constexpr int kUdataContinue = 1;
+
 // The comment in a rule's userdata (NFTNL_UDATA_RULE_COMMENT), if any.
 std::string userdata_comment(const nftnl_rule* r) {
   if (!nftnl_rule_is_set(r, NFTNL_RULE_USERDATA)) return {};
@@ -471,10 +478,10 @@ std::string userdata_comment(const nftnl_rule* r) {
   nftnl_udata_parse(
       data, len,
       [](const nftnl_udata* attr, void* out) -> int {
-        if (nftnl_udata_type(attr) != NFTNL_UDATA_RULE_COMMENT) return MNL_CB_OK;
+        if (nftnl_udata_type(attr) != NFTNL_UDATA_RULE_COMMENT) return kUdataContinue;
         if (auto text = bounded_string(nftnl_udata_get(attr), nftnl_udata_len(attr)))
           *static_cast<std::string*>(out) = std::move(*text);
-        return MNL_CB_OK;
+        return kUdataContinue;
       },
       &comment);
   return comment;
@@ -494,13 +501,14 @@ bool NftRuleInfo::comment_contains(std::string_view text) const {
                      [&](const std::string& c) { return c.find(text) != std::string::npos; });
 }
 
-Expected<std::vector<NftChainInfo>, FirewallError> nft_list_chains(NetlinkSocket& sock,
+Expected<std::vector<NftChainInfo>, FirewallError> nft_list_chains(netlink::Socket& sock,
                                                                    std::uint8_t family) {
   alignas(nlmsghdr) char buf[512];
   nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, family, NLM_F_DUMP, 0);
   std::vector<NftChainInfo> out;
   bool malformed = false;
-  auto ack = sock.dump(nlh, [&](const nlmsghdr* m) {
+  auto ack = sock.dump(nlh, [&](const nlmsghdr& reply) {
+    const nlmsghdr* m = &reply;
     if (!is_nft_message(m, NFT_MSG_NEWCHAIN)) return;
     auto c = checked<nftnl_chain, ChainDeleter>(nftnl_chain_alloc());
     if (nftnl_chain_nlmsg_parse(m, c.get()) < 0 ||
@@ -523,8 +531,8 @@ Expected<std::vector<NftChainInfo>, FirewallError> nft_list_chains(NetlinkSocket
     out.push_back(std::move(info));
   });
   const std::string what = "listing of the " + nft_family_name(family) + " chains";
-  if (!ack) return unexpected(ack.error());
-  if (ack->error != 0) return unexpected(dump_failure(what, ack->error));
+  if (!ack) return unexpected(netlink_error(ack.error()));
+  if (const int error = ack_errno(*ack); error != 0) return unexpected(dump_failure(what, error));
   if (malformed) {
     return unexpected(
         FirewallError{FirewallErrorCode::kNetlink, what + ": malformed chain in the reply"});
@@ -532,7 +540,7 @@ Expected<std::vector<NftChainInfo>, FirewallError> nft_list_chains(NetlinkSocket
   return out;
 }
 
-Expected<std::vector<NftRuleInfo>, FirewallError> nft_list_rules(NetlinkSocket& sock,
+Expected<std::vector<NftRuleInfo>, FirewallError> nft_list_rules(netlink::Socket& sock,
                                                                  std::uint8_t family,
                                                                  const std::string& table,
                                                                  const std::string& chain) {
@@ -545,7 +553,8 @@ Expected<std::vector<NftRuleInfo>, FirewallError> nft_list_rules(NetlinkSocket& 
   nftnl_rule_nlmsg_build_payload(nlh, filter.get());
   std::vector<NftRuleInfo> out;
   bool malformed = false;
-  auto ack = sock.dump(nlh, [&](const nlmsghdr* m) {
+  auto ack = sock.dump(nlh, [&](const nlmsghdr& reply) {
+    const nlmsghdr* m = &reply;
     if (!is_nft_message(m, NFT_MSG_NEWRULE)) return;
     auto r = checked<nftnl_rule, NftnlRuleDeleter>(nftnl_rule_alloc());
     if (nftnl_rule_nlmsg_parse(m, r.get()) < 0 || !nftnl_rule_is_set(r.get(), NFTNL_RULE_HANDLE) ||
@@ -580,9 +589,10 @@ Expected<std::vector<NftRuleInfo>, FirewallError> nft_list_rules(NetlinkSocket& 
   });
   const std::string what =
       "listing of chain " + nft_family_name(family) + " " + table + " " + chain;
-  if (!ack) return unexpected(ack.error());
-  if (ack->error == ENOENT) return std::vector<NftRuleInfo>{};
-  if (ack->error != 0) return unexpected(dump_failure(what, ack->error));
+  if (!ack) return unexpected(netlink_error(ack.error()));
+  const int error = ack_errno(*ack);
+  if (error == ENOENT) return std::vector<NftRuleInfo>{};
+  if (error != 0) return unexpected(dump_failure(what, error));
   if (malformed) {
     return unexpected(
         FirewallError{FirewallErrorCode::kNetlink, what + ": malformed rule in the reply"});

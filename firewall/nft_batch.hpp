@@ -13,9 +13,11 @@
 
 struct nlmsghdr;
 
-namespace splitd::firewall {
+namespace splitd::netlink {
+class Socket;
+}
 
-class NetlinkSocket;
+namespace splitd::firewall {
 
 // The nft name of an NFPROTO_* family ("ip", "ip6", "inet", ...; the number otherwise).
 std::string nft_family_name(std::uint8_t family);
@@ -76,7 +78,7 @@ class NftBatch {
   FirewallError describe_failure(std::uint32_t seq, int error, std::string_view ext_message) const;
 
   // Sends the batch on `sock` and reads every ACK.
-  Expected<void, FirewallError> commit(NetlinkSocket& sock);
+  Expected<void, FirewallError> commit(netlink::Socket& sock);
   // The errno of the message that made the last commit() fail (ENOENT: an object it
   // refers to is gone); 0 when it succeeded or failed for another reason.
   int failure_errno() const { return failure_errno_; }
@@ -107,7 +109,7 @@ class NftBatch {
 };
 
 // Whether `table inet TABLE` exists (NFT_MSG_GETTABLE).
-Expected<bool, FirewallError> nft_table_exists(NetlinkSocket& sock, const std::string& table);
+Expected<bool, FirewallError> nft_table_exists(netlink::Socket& sock, const std::string& table);
 
 // A chain as the kernel lists it.
 struct NftChainInfo {
@@ -121,7 +123,7 @@ struct NftChainInfo {
 
 // Every chain of `family` (NFPROTO_UNSPEC: of every family), in the kernel's order.
 // A dump interrupted by a concurrent change is an error mentioning "interrupted".
-Expected<std::vector<NftChainInfo>, FirewallError> nft_list_chains(NetlinkSocket& sock,
+Expected<std::vector<NftChainInfo>, FirewallError> nft_list_chains(netlink::Socket& sock,
                                                                    std::uint8_t family);
 
 // A rule as the kernel lists it: what splitd needs to recognise its own rules and other
@@ -141,7 +143,7 @@ struct NftRuleInfo {
 
 // The rules of chain `chain` of `table FAMILY TABLE`, in order (the head first). A table
 // or chain that does not exist gives an empty list.
-Expected<std::vector<NftRuleInfo>, FirewallError> nft_list_rules(NetlinkSocket& sock,
+Expected<std::vector<NftRuleInfo>, FirewallError> nft_list_rules(netlink::Socket& sock,
                                                                  std::uint8_t family,
                                                                  const std::string& table,
                                                                  const std::string& chain);

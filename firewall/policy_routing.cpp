@@ -1,6 +1,5 @@
 #include "firewall/policy_routing.hpp"
 
-#include <libmnl/libmnl.h>
 #include <linux/fib_rules.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -11,7 +10,9 @@
 #include <cstring>
 
 #include "common/log.hpp"
+#include "firewall/netlink_errors.hpp"
 #include "firewall/ruleset.hpp"
+#include "netlink/message.hpp"
 
 namespace splitd::firewall {
 namespace {
@@ -58,91 +59,70 @@ FirewallError describe_errno(const std::string& object, std::uint8_t family, int
   return e;
 }
 
-bool valid_u32(const nlattr* a) { return mnl_attr_validate(a, MNL_TYPE_U32) == 0; }
-bool valid_u8(const nlattr* a) { return mnl_attr_validate(a, MNL_TYPE_U8) == 0; }
+// Reads a u32 / u8 attribute into `out`; false when its payload is too short.
+bool read(const nlattr* a, std::uint32_t& out) {
+  auto v = netlink::attr_u32(a);
+  if (v) out = *v;
+  return v.has_value();
+}
+bool read(const nlattr* a, std::uint8_t& out) {
+  auto v = netlink::attr_u8(a);
+  if (v) out = *v;
+  return v.has_value();
+}
 
 // Parses an RTM_NEWRULE message; false when it is not one or is malformed.
-bool parse_rule(const nlmsghdr* nlh, PolicyRule& out) {
-  if (nlh->nlmsg_type != RTM_NEWRULE || nlh->nlmsg_len < NLMSG_LENGTH(sizeof(fib_rule_hdr))) {
-    return false;
-  }
-  const auto* frh = static_cast<const fib_rule_hdr*>(mnl_nlmsg_get_payload(nlh));
+bool parse_rule(const nlmsghdr& nlh, PolicyRule& out) {
+  if (nlh.nlmsg_type != RTM_NEWRULE) return false;
+  auto frh = netlink::fixed_header<fib_rule_hdr>(nlh);
+  if (!frh) return false;
   PolicyRule r;
   r.family = frh->family;
   r.action = frh->action;
   r.table = frh->table;
-  const int rc = mnl_attr_parse(
-      nlh, sizeof(fib_rule_hdr),
-      [](const nlattr* a, void* data) -> int {
-        auto& r = *static_cast<PolicyRule*>(data);
-        switch (mnl_attr_get_type(a)) {
-          case FRA_PRIORITY:
-            if (!valid_u32(a)) return MNL_CB_ERROR;
-            r.priority = mnl_attr_get_u32(a);
-            break;
-          case FRA_FWMARK:
-            if (!valid_u32(a)) return MNL_CB_ERROR;
-            r.fwmark = mnl_attr_get_u32(a);
-            break;
-          case FRA_FWMASK:
-            if (!valid_u32(a)) return MNL_CB_ERROR;
-            r.fwmask = mnl_attr_get_u32(a);
-            break;
-          case FRA_TABLE:
-            if (!valid_u32(a)) return MNL_CB_ERROR;
-            r.table = mnl_attr_get_u32(a);
-            break;
-          case FRA_PROTOCOL:
-            if (!valid_u8(a)) return MNL_CB_ERROR;
-            r.protocol = mnl_attr_get_u8(a);
-            break;
-          default:
-            break;
-        }
-        return MNL_CB_OK;
-      },
-      &r);
-  if (rc != MNL_CB_OK) return false;
+  netlink::AttrReader attrs(netlink::attributes(nlh, sizeof(fib_rule_hdr)), "rule");
+  while (const nlattr* a = attrs.next()) {
+    bool ok = true;
+    switch (netlink::attr_type(a)) {
+      case FRA_PRIORITY: ok = read(a, r.priority); break;
+      case FRA_FWMARK: ok = read(a, r.fwmark); break;
+      case FRA_FWMASK: ok = read(a, r.fwmask); break;
+      case FRA_TABLE: ok = read(a, r.table); break;
+      case FRA_PROTOCOL: ok = read(a, r.protocol); break;
+      default: break;
+    }
+    if (!ok) return false;
+  }
+  if (attrs.failure()) return false;
   out = r;
   return true;
 }
 
-bool parse_route(const nlmsghdr* nlh, PolicyRoute& out) {
-  if (nlh->nlmsg_type != RTM_NEWROUTE || nlh->nlmsg_len < NLMSG_LENGTH(sizeof(rtmsg))) {
-    return false;
-  }
-  const auto* rtm = static_cast<const rtmsg*>(mnl_nlmsg_get_payload(nlh));
+bool parse_route(const nlmsghdr& nlh, PolicyRoute& out) {
+  if (nlh.nlmsg_type != RTM_NEWROUTE) return false;
+  auto rtm = netlink::fixed_header<rtmsg>(nlh);
+  if (!rtm) return false;
   PolicyRoute r;
   r.family = rtm->rtm_family;
   r.type = rtm->rtm_type;
   r.protocol = rtm->rtm_protocol;
   r.dst_len = rtm->rtm_dst_len;
   r.table = rtm->rtm_table;
-  const int rc = mnl_attr_parse(
-      nlh, sizeof(rtmsg),
-      [](const nlattr* a, void* data) -> int {
-        auto& r = *static_cast<PolicyRoute*>(data);
-        switch (mnl_attr_get_type(a)) {
-          case RTA_TABLE:
-            if (!valid_u32(a)) return MNL_CB_ERROR;
-            r.table = mnl_attr_get_u32(a);
-            break;
-          case RTA_OIF:
-            if (!valid_u32(a)) return MNL_CB_ERROR;
-            r.oif = mnl_attr_get_u32(a);
-            break;
-          case RTA_PRIORITY:
-            if (!valid_u32(a)) return MNL_CB_ERROR;
-            r.metric = mnl_attr_get_u32(a);
-            r.has_metric = true;
-            break;
-          default:
-            break;
-        }
-        return MNL_CB_OK;
-      },
-      &r);
-  if (rc != MNL_CB_OK) return false;
+  netlink::AttrReader attrs(netlink::attributes(nlh, sizeof(rtmsg)), "route");
+  while (const nlattr* a = attrs.next()) {
+    bool ok = true;
+    switch (netlink::attr_type(a)) {
+      case RTA_TABLE: ok = read(a, r.table); break;
+      case RTA_OIF: ok = read(a, r.oif); break;
+      case RTA_PRIORITY:
+        ok = read(a, r.metric);
+        r.has_metric = true;
+        break;
+      default: break;
+    }
+    if (!ok) return false;
+  }
+  if (attrs.failure()) return false;
   out = r;
   return true;
 }
@@ -208,8 +188,9 @@ std::string describe(const PolicyRoute& r) {
 }
 
 Expected<PolicyRouting, FirewallError> PolicyRouting::open() {
-  auto sock = NetlinkSocket::open(NETLINK_ROUTE, "rtnetlink");
-  if (!sock) return unexpected(sock.error());
+  // Strict checking lets route dumps be filtered by protocol in the kernel.
+  auto sock = netlink::Socket::open(NETLINK_ROUTE, "rtnetlink", {.strict_check = true});
+  if (!sock) return unexpected(netlink_error(sock.error()));
   return PolicyRouting(std::move(*sock));
 }
 
@@ -224,14 +205,11 @@ Expected<std::vector<PolicyRule>, FirewallError> PolicyRouting::all_rules(int fa
 Expected<std::vector<PolicyRule>, FirewallError> PolicyRouting::dump_rules(int family, bool splitd_only) {
   for (int attempt = 1;; ++attempt) {
     RequestBuffer buf;
-    nlmsghdr* nlh = mnl_nlmsg_put_header(buf.bytes);
-    nlh->nlmsg_type = RTM_GETRULE;
-    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    auto* frh = static_cast<fib_rule_hdr*>(mnl_nlmsg_put_extra_header(nlh, sizeof(fib_rule_hdr)));
-    frh->family = static_cast<std::uint8_t>(family);
+    netlink::MessageBuilder msg(buf.bytes, RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP);
+    msg.put_header<fib_rule_hdr>().family = static_cast<std::uint8_t>(family);
     std::vector<PolicyRule> out;
     bool malformed = false;
-    auto ack = sock_.dump(nlh, [&](const nlmsghdr* m) {
+    auto ack = sock_.dump(msg.header(), [&](const nlmsghdr& m) {
       PolicyRule r;
       if (!parse_rule(m, r)) {
         malformed = true;
@@ -240,12 +218,13 @@ Expected<std::vector<PolicyRule>, FirewallError> PolicyRouting::dump_rules(int f
       if (r.family != family) return;
       if (!splitd_only || r.protocol == Firewall::kRouteProtocol) out.push_back(r);
     });
-    if (!ack) return unexpected(ack.error());
-    if (ack->error == EINTR && attempt < kDumpRetries) continue;  // changed while dumping
-    if (ack->error != 0) {
+    if (!ack) return unexpected(netlink_error(ack.error()));
+    const int error = ack_errno(*ack);
+    if (error == EINTR && attempt < kDumpRetries) continue;  // changed while dumping
+    if (error != 0) {
       return unexpected(
           describe_errno(std::string(ip_command(static_cast<std::uint8_t>(family))) + " rule list",
-                         static_cast<std::uint8_t>(family), ack->error, ack->message));
+                         static_cast<std::uint8_t>(family), error, ack->message));
     }
     if (malformed) {
       return unexpected(
@@ -258,17 +237,15 @@ Expected<std::vector<PolicyRule>, FirewallError> PolicyRouting::dump_rules(int f
 Expected<std::vector<PolicyRoute>, FirewallError> PolicyRouting::routes(int family) {
   for (int attempt = 1;; ++attempt) {
     RequestBuffer buf;
-    nlmsghdr* nlh = mnl_nlmsg_put_header(buf.bytes);
-    nlh->nlmsg_type = RTM_GETROUTE;
-    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
-    rtm->rtm_family = static_cast<std::uint8_t>(family);
+    netlink::MessageBuilder msg(buf.bytes, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP);
+    auto& rtm = msg.put_header<rtmsg>();
+    rtm.rtm_family = static_cast<std::uint8_t>(family);
     // With strict checking the kernel dumps only splitd's routes, from every table (a
     // router with a full BGP table has a million others); older kernels ignore it.
-    rtm->rtm_protocol = Firewall::kRouteProtocol;
+    rtm.rtm_protocol = Firewall::kRouteProtocol;
     std::vector<PolicyRoute> out;
     bool malformed = false;
-    auto ack = sock_.dump(nlh, [&](const nlmsghdr* m) {
+    auto ack = sock_.dump(msg.header(), [&](const nlmsghdr& m) {
       PolicyRoute r;
       if (!parse_route(m, r)) {
         malformed = true;
@@ -276,12 +253,13 @@ Expected<std::vector<PolicyRoute>, FirewallError> PolicyRouting::routes(int fami
       }
       if (r.protocol == Firewall::kRouteProtocol && r.family == family) out.push_back(r);
     });
-    if (!ack) return unexpected(ack.error());
-    if (ack->error == EINTR && attempt < kDumpRetries) continue;
-    if (ack->error != 0) {
+    if (!ack) return unexpected(netlink_error(ack.error()));
+    const int error = ack_errno(*ack);
+    if (error == EINTR && attempt < kDumpRetries) continue;
+    if (error != 0) {
       return unexpected(
           describe_errno(std::string(ip_command(static_cast<std::uint8_t>(family))) + " route list",
-                         static_cast<std::uint8_t>(family), ack->error, ack->message));
+                         static_cast<std::uint8_t>(family), error, ack->message));
     }
     if (malformed) {
       return unexpected(
@@ -293,55 +271,51 @@ Expected<std::vector<PolicyRoute>, FirewallError> PolicyRouting::routes(int fami
 
 namespace {
 
-void put_rule_attrs(nlmsghdr* nlh, const PolicyRule& r) {
-  auto* frh = static_cast<fib_rule_hdr*>(mnl_nlmsg_put_extra_header(nlh, sizeof(fib_rule_hdr)));
-  frh->family = r.family;
-  frh->action = r.action;
-  frh->table = r.table < 256 ? static_cast<std::uint8_t>(r.table) : std::uint8_t{RT_TABLE_UNSPEC};
-  mnl_attr_put_u32(nlh, FRA_PRIORITY, r.priority);
-  mnl_attr_put_u32(nlh, FRA_FWMARK, r.fwmark);
-  mnl_attr_put_u32(nlh, FRA_FWMASK, r.fwmask);
-  mnl_attr_put_u32(nlh, FRA_TABLE, r.table);
-  mnl_attr_put_u8(nlh, FRA_PROTOCOL, r.protocol);
+void put_rule_attrs(netlink::MessageBuilder& msg, const PolicyRule& r) {
+  auto& frh = msg.put_header<fib_rule_hdr>();
+  frh.family = r.family;
+  frh.action = r.action;
+  frh.table = r.table < 256 ? static_cast<std::uint8_t>(r.table) : std::uint8_t{RT_TABLE_UNSPEC};
+  msg.put_u32(FRA_PRIORITY, r.priority);
+  msg.put_u32(FRA_FWMARK, r.fwmark);
+  msg.put_u32(FRA_FWMASK, r.fwmask);
+  msg.put_u32(FRA_TABLE, r.table);
+  msg.put_u8(FRA_PROTOCOL, r.protocol);
 }
 
-void put_route_attrs(nlmsghdr* nlh, const PolicyRoute& r, bool for_delete) {
-  auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
-  rtm->rtm_family = r.family;
-  rtm->rtm_dst_len = r.dst_len;
-  rtm->rtm_table =
+void put_route_attrs(netlink::MessageBuilder& msg, const PolicyRoute& r, bool for_delete) {
+  auto& rtm = msg.put_header<rtmsg>();
+  rtm.rtm_family = r.family;
+  rtm.rtm_dst_len = r.dst_len;
+  rtm.rtm_table =
       r.table < 256 ? static_cast<std::uint8_t>(r.table) : std::uint8_t{RT_TABLE_UNSPEC};
-  rtm->rtm_protocol = r.protocol;
+  rtm.rtm_protocol = r.protocol;
   // Delete: scope "nowhere" matches any scope; a local route has host scope.
-  rtm->rtm_scope = for_delete ? RT_SCOPE_NOWHERE : RT_SCOPE_HOST;
-  rtm->rtm_type = r.type;
-  mnl_attr_put_u32(nlh, RTA_TABLE, r.table);
-  if (r.oif != 0) mnl_attr_put_u32(nlh, RTA_OIF, r.oif);
-  if (r.has_metric) mnl_attr_put_u32(nlh, RTA_PRIORITY, r.metric);
+  rtm.rtm_scope = for_delete ? RT_SCOPE_NOWHERE : RT_SCOPE_HOST;
+  rtm.rtm_type = r.type;
+  msg.put_u32(RTA_TABLE, r.table);
+  if (r.oif != 0) msg.put_u32(RTA_OIF, r.oif);
+  if (r.has_metric) msg.put_u32(RTA_PRIORITY, r.metric);
 }
 
 }  // namespace
 
 Expected<void, FirewallError> PolicyRouting::add_rule(const PolicyRule& r) {
   RequestBuffer buf;
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buf.bytes);
-  nlh->nlmsg_type = RTM_NEWRULE;
-  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-  put_rule_attrs(nlh, r);
-  auto ack = sock_.request(nlh);
-  if (!ack) return unexpected(ack.error());
+  netlink::MessageBuilder msg(buf.bytes, RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
+  put_rule_attrs(msg, r);
+  auto ack = sock_.request(msg.header());
+  if (!ack) return unexpected(netlink_error(ack.error()));
   if (ack->error == 0 || ack->error == EEXIST) return {};
   return unexpected(describe_errno(describe(r), r.family, ack->error, ack->message));
 }
 
 Expected<void, FirewallError> PolicyRouting::delete_rule(const PolicyRule& r) {
   RequestBuffer buf;
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buf.bytes);
-  nlh->nlmsg_type = RTM_DELRULE;
-  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-  put_rule_attrs(nlh, r);
-  auto ack = sock_.request(nlh);
-  if (!ack) return unexpected(ack.error());
+  netlink::MessageBuilder msg(buf.bytes, RTM_DELRULE, NLM_F_REQUEST | NLM_F_ACK);
+  put_rule_attrs(msg, r);
+  auto ack = sock_.request(msg.header());
+  if (!ack) return unexpected(netlink_error(ack.error()));
   if (ack->error == 0 || ack->error == ENOENT) return {};  // ENOENT: already gone
   return unexpected(
       describe_errno("deletion of " + describe(r), r.family, ack->error, ack->message));
@@ -349,24 +323,20 @@ Expected<void, FirewallError> PolicyRouting::delete_rule(const PolicyRule& r) {
 
 Expected<void, FirewallError> PolicyRouting::replace_route(const PolicyRoute& r) {
   RequestBuffer buf;
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buf.bytes);
-  nlh->nlmsg_type = RTM_NEWROUTE;
-  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-  put_route_attrs(nlh, r, false);
-  auto ack = sock_.request(nlh);
-  if (!ack) return unexpected(ack.error());
+  netlink::MessageBuilder msg(buf.bytes, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE);
+  put_route_attrs(msg, r, false);
+  auto ack = sock_.request(msg.header());
+  if (!ack) return unexpected(netlink_error(ack.error()));
   if (ack->error == 0) return {};
   return unexpected(describe_errno(describe(r), r.family, ack->error, ack->message));
 }
 
 Expected<void, FirewallError> PolicyRouting::delete_route(const PolicyRoute& r) {
   RequestBuffer buf;
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buf.bytes);
-  nlh->nlmsg_type = RTM_DELROUTE;
-  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-  put_route_attrs(nlh, r, true);
-  auto ack = sock_.request(nlh);
-  if (!ack) return unexpected(ack.error());
+  netlink::MessageBuilder msg(buf.bytes, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK);
+  put_route_attrs(msg, r, true);
+  auto ack = sock_.request(msg.header());
+  if (!ack) return unexpected(netlink_error(ack.error()));
   if (ack->error == 0 || ack->error == ESRCH || ack->error == ENOENT) return {};
   return unexpected(
       describe_errno("deletion of " + describe(r), r.family, ack->error, ack->message));

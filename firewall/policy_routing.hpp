@@ -6,7 +6,7 @@
 
 #include "common/expected.hpp"
 #include "firewall/firewall.hpp"
-#include "firewall/netlink_socket.hpp"
+#include "netlink/socket.hpp"
 
 namespace splitd::firewall {
 
@@ -58,7 +58,7 @@ class PolicyRouting {
   Expected<std::vector<PolicyRoute>, FirewallError> routes(int family);
 
  private:
-  explicit PolicyRouting(NetlinkSocket sock) : sock_(std::move(sock)) {}
+  explicit PolicyRouting(netlink::Socket sock) : sock_(std::move(sock)) {}
   Expected<std::vector<PolicyRule>, FirewallError> dump_rules(int family, bool splitd_only);
   Expected<void, FirewallError> add_rule(const PolicyRule& r);
   Expected<void, FirewallError> delete_rule(const PolicyRule& r);
@@ -69,7 +69,7 @@ class PolicyRouting {
                                               const std::vector<PolicyRoute>& keep_routes,
                                               bool report);
 
-  NetlinkSocket sock_;
+  netlink::Socket sock_;
 };
 
 // How `ip` would write them, for messages: "ip -6 rule 'priority 1501 fwmark 0x5d1 lookup 1501'".

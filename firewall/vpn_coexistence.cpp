@@ -1,6 +1,5 @@
 #include "firewall/vpn_coexistence.hpp"
 
-#include <libmnl/libmnl.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
@@ -25,9 +24,11 @@
 
 #include "common/fd.hpp"
 #include "common/log.hpp"
-#include "firewall/netlink_socket.hpp"
+#include "firewall/netlink_errors.hpp"
 #include "firewall/nft_batch.hpp"
 #include "firewall/nft_rule.hpp"
+#include "netlink/message.hpp"
+#include "netlink/socket.hpp"
 
 namespace splitd::firewall {
 namespace {
@@ -75,7 +76,7 @@ std::string VpnCoexistence::Placement::describe() const {
 }
 
 struct VpnCoexistence::Impl {
-  Impl(NetlinkSocket req, NetlinkSocket ev) : requests(std::move(req)), events(std::move(ev)) {}
+  Impl(netlink::Socket req, netlink::Socket ev) : requests(std::move(req)), events(std::move(ev)) {}
 
   // A chain that may need splitd's rule.
   struct Candidate {
@@ -95,12 +96,12 @@ struct VpnCoexistence::Impl {
   void watch();
 
   mutable std::mutex mutex;
-  NetlinkSocket requests;             // guarded by mutex
+  netlink::Socket requests;             // guarded by mutex
   std::map<Key, Placement> tracked;   // guarded by mutex
   std::map<Key, std::string> warned;  // guarded by mutex: last warning per chain
   std::string last_error;             // guarded by mutex: last reconcile error (watcher)
 
-  NetlinkSocket events;  // the watcher thread's; start() and stop() only while it is not running
+  netlink::Socket events;  // the watcher thread's; start() and stop() only while it is not running
   Fd wake;               // eventfd: stop() wakes the watcher
   std::thread watcher;
   std::atomic<std::uint64_t> watcher_reconciles{0};
@@ -363,10 +364,9 @@ Expected<VpnCoexistence::Report, FirewallError> VpnCoexistence::Impl::remove_all
 
 bool VpnCoexistence::is_relevant_event(std::span<const std::uint8_t> datagram,
                                        std::uint32_t own_portid) {
-  int left = static_cast<int>(datagram.size());
-  const auto* nlh = reinterpret_cast<const nlmsghdr*>(datagram.data());
+  netlink::MessageReader reader(datagram);
   bool relevant = false;
-  for (; mnl_nlmsg_ok(nlh, left); nlh = mnl_nlmsg_next(nlh, &left)) {
+  while (const nlmsghdr* nlh = reader.next()) {
     if (nlh->nlmsg_type == NLMSG_ERROR || nlh->nlmsg_type == NLMSG_OVERRUN) return true;
     if ((nlh->nlmsg_type >> 8) != NFNL_SUBSYS_NFTABLES) continue;
     switch (nlh->nlmsg_type & 0xff) {
@@ -381,34 +381,24 @@ bool VpnCoexistence::is_relevant_event(std::span<const std::uint8_t> datagram,
         continue;  // sets, elements, objects, NEWGEN: not what splitd's rule depends on
     }
     if (nlh->nlmsg_pid == own_portid && own_portid != 0) continue;  // splitd's own change
-    if (nlh->nlmsg_len < NLMSG_LENGTH(sizeof(nfgenmsg))) return true;
-    const auto* nfg = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(nlh));
+    const auto nfg = netlink::fixed_header<nfgenmsg>(*nlh);
+    if (!nfg) return true;
     if (nfg->nfgen_family != NFPROTO_IPV4 && nfg->nfgen_family != NFPROTO_IPV6) continue;
     // NFTA_TABLE_NAME, NFTA_CHAIN_TABLE and NFTA_RULE_TABLE are all attribute 1.
     static_assert(NFTA_TABLE_NAME == 1 && NFTA_CHAIN_TABLE == 1 && NFTA_RULE_TABLE == 1);
-    struct Found {
-      std::optional<std::string> table;
-      bool bad = false;
-    } found;
-    const int rc = mnl_attr_parse(
-        nlh, sizeof(nfgenmsg),
-        [](const nlattr* attr, void* data) -> int {
-          auto* f = static_cast<Found*>(data);
-          if (mnl_attr_get_type(attr) != 1) return MNL_CB_OK;
-          if (mnl_attr_validate(attr, MNL_TYPE_NUL_STRING) < 0) {
-            f->bad = true;
-            return MNL_CB_STOP;
-          }
-          f->table = mnl_attr_get_str(attr);
-          return MNL_CB_STOP;
-        },
-        &found);
-    if (rc < 0 || found.bad || !found.table) return true;
-    const std::string& table = *found.table;
-    if (std::string_view(table).starts_with(kWgQuickTablePrefix) || table == kIptablesTable)
+    std::optional<std::string> table;
+    netlink::AttrReader attrs(netlink::attributes(*nlh, sizeof(nfgenmsg)), "nftables event");
+    while (const nlattr* a = attrs.next()) {
+      if (netlink::attr_type(a) != 1) continue;
+      table = netlink::attr_nul_string(a);
+      if (!table) return true;  // malformed: resync
+      break;
+    }
+    if (attrs.failure() || !table) return true;
+    if (std::string_view(*table).starts_with(kWgQuickTablePrefix) || *table == kIptablesTable)
       relevant = true;
   }
-  if (left != 0) return true;  // truncated: resync
+  if (reader.failure()) return true;  // truncated: resync
   return relevant;
 }
 
@@ -435,10 +425,10 @@ void VpnCoexistence::Impl::watch() {
         own = requests.portid();
       }
       for (int i = 0; i < kMaxEventsPerWake; ++i) {
-        auto data = events.receive(std::chrono::milliseconds(0));
+        auto data = events.try_receive();
         if (!data) {
           // Lost events (ENOBUFS): the view is stale, a fresh listing is the resync.
-          if (!events.take_overrun()) log::debug("VPN coexistence: ", data.error().message);
+          if (!events.take_overrun()) log::debug("VPN coexistence: ", data.error().message());
           run = true;
           continue;
         }
@@ -473,10 +463,10 @@ VpnCoexistence::~VpnCoexistence() {
 }
 
 Expected<std::unique_ptr<VpnCoexistence>, FirewallError> VpnCoexistence::open() {
-  auto requests = NetlinkSocket::open(NETLINK_NETFILTER, "nfnetlink");
-  if (!requests) return unexpected(requests.error());
-  auto events = NetlinkSocket::open(NETLINK_NETFILTER, "nftables events");
-  if (!events) return unexpected(events.error());
+  auto requests = netlink::Socket::open(NETLINK_NETFILTER, "nfnetlink");
+  if (!requests) return unexpected(netlink_error(requests.error()));
+  auto events = netlink::Socket::open(NETLINK_NETFILTER, "nftables events");
+  if (!events) return unexpected(netlink_error(events.error()));
   auto impl = std::make_unique<Impl>(std::move(*requests), std::move(*events));
   impl->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!impl->wake) {
@@ -500,11 +490,13 @@ Expected<VpnCoexistence::Report, FirewallError> VpnCoexistence::remove_all() {
 Expected<void, FirewallError> VpnCoexistence::start() {
   if (impl_->watcher.joinable()) return {};
   // Subscribe first, so no change between the first reconcile and the thread is missed.
-  if (auto r = impl_->events.join_group(NFNLGRP_NFTABLES); !r) return unexpected(r.error());
+  if (auto r = impl_->events.join_group(NFNLGRP_NFTABLES); !r) {
+    return unexpected(netlink_error(r.error()));
+  }
   impl_->events.ensure_receive_buffer(kEventBuffer);
   // Events queued before this start are older than the reconcile below.
   for (int i = 0; i < kMaxEventsPerWake; ++i) {
-    auto data = impl_->events.receive(std::chrono::milliseconds(0));
+    auto data = impl_->events.try_receive();
     if (data && data->empty()) break;
   }
   (void)impl_->events.take_overrun();
@@ -532,7 +524,7 @@ void VpnCoexistence::stop() {
   }
   impl_->watcher.join();
   // No events pile up in the kernel while nobody reads them.
-  if (auto r = impl_->events.leave_group(NFNLGRP_NFTABLES); !r) log::debug(r.error().message);
+  if (auto r = impl_->events.leave_group(NFNLGRP_NFTABLES); !r) log::debug(r.error().message());
   if (auto r = remove_all(); !r) log::warn(r.error().message);
 }
 

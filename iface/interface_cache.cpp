@@ -1,6 +1,5 @@
 #include "iface/interface_cache.hpp"
 
-#include <libmnl/libmnl.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <poll.h>
@@ -10,52 +9,17 @@
 
 #include <cerrno>
 #include <cstring>
-#include <vector>
 
 #include "common/log.hpp"
+#include "netlink/message.hpp"
 
 namespace splitd::iface {
 namespace {
 
-constexpr std::size_t kRecvBufferSize = 64 * 1024;
 constexpr int kEventSocketBuffer = 4 * 1024 * 1024;
 constexpr int kMaxDumpRetries = 8;
 
-NetlinkFailure sock_fail(const char* what) {
-  return NetlinkFailure{NetlinkError::kSocket, std::string(what) + ": " + std::strerror(errno)};
-}
-
-// Receives one datagram. Only messages sent by the kernel (nl_pid 0) are accepted: another
-// process on this host must not be able to feed us routes. Returns 0 for "nothing to
-// read" (non-blocking), the byte count, or a failure (ENOBUFS → kOverrun).
-Expected<std::size_t, NetlinkFailure> receive(int fd, std::vector<std::uint8_t>& buf,
-                                              bool nonblocking) {
-  for (;;) {
-    sockaddr_nl from{};
-    iovec iov{buf.data(), buf.size()};
-    msghdr msg{};
-    msg.msg_name = &from;
-    msg.msg_namelen = sizeof from;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    const ssize_t n = ::recvmsg(fd, &msg, nonblocking ? MSG_DONTWAIT : 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return std::size_t{0};
-      if (errno == ENOBUFS) return unexpected(NetlinkFailure{NetlinkError::kOverrun, "ENOBUFS"});
-      return unexpected(sock_fail("recvmsg"));
-    }
-    if ((msg.msg_flags & MSG_TRUNC) != 0) {
-      return unexpected(NetlinkFailure{NetlinkError::kTruncated, "datagram larger than buffer"});
-    }
-    if (msg.msg_namelen != sizeof from || from.nl_pid != 0) continue;  // not the kernel
-    return static_cast<std::size_t>(n);
-  }
-}
-
 }  // namespace
-
-void MnlSocketCloser::operator()(mnl_socket* s) const noexcept { mnl_socket_close(s); }
 
 InterfaceCache::InterfaceCache(SelectionConfig config) : config_(std::move(config)) {}
 
@@ -73,77 +37,60 @@ Expected<std::unique_ptr<InterfaceCache>, NetlinkFailure> InterfaceCache::open(
 }
 
 Expected<bool, NetlinkFailure> InterfaceCache::open_sockets() {
-  event_sock_.reset(mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC | SOCK_NONBLOCK));
-  if (!event_sock_) return unexpected(sock_fail("netlink socket"));
-  const int fd = mnl_socket_get_fd(event_sock_.get());
-  int size = kEventSocketBuffer;
-  // A burst of route changes (a VPN connecting) must not overflow the queue; FORCE needs
-  // CAP_NET_ADMIN, plain SO_RCVBUF is the fallback.
-  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) != 0) {
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  auto events = netlink::Socket::open(NETLINK_ROUTE, "rtnetlink events", {.nonblocking = true});
+  if (!events) return unexpected(events.error());
+  // A burst of route changes (a VPN connecting) must not overflow the queue.
+  events->ensure_receive_buffer(kEventSocketBuffer);
+  for (unsigned group : {RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR,
+                         RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE}) {
+    if (auto j = events->join_group(group); !j) return unexpected(j.error());
   }
-  const unsigned groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR |
-                          RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE;
-  if (mnl_socket_bind(event_sock_.get(), groups, MNL_SOCKET_AUTOPID) != 0) {
-    return unexpected(sock_fail("netlink bind (events)"));
-  }
-  request_sock_.reset(mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC));
-  if (!request_sock_) return unexpected(sock_fail("netlink socket"));
-  if (mnl_socket_bind(request_sock_.get(), 0, MNL_SOCKET_AUTOPID) != 0) {
-    return unexpected(sock_fail("netlink bind (requests)"));
-  }
-  request_portid_ = mnl_socket_get_portid(request_sock_.get());
+  auto requests = netlink::Socket::open(NETLINK_ROUTE, "rtnetlink");
+  if (!requests) return unexpected(requests.error());
+  events_.emplace(std::move(*events));
+  requests_.emplace(std::move(*requests));
   wake_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!wake_fd_) return unexpected(sock_fail("eventfd"));
+  if (!wake_fd_) {
+    return unexpected(
+        NetlinkFailure{NetlinkError::kSocket, std::string("eventfd: ") + std::strerror(errno)});
+  }
   return true;
 }
 
 Expected<bool, NetlinkFailure> InterfaceCache::dump(int family, std::uint16_t type,
                                                     NetlinkState& into) {
-  alignas(nlmsghdr) std::uint8_t req[256]{};
-  nlmsghdr* nlh = mnl_nlmsg_put_header(req);
-  nlh->nlmsg_type = type;
-  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  nlh->nlmsg_seq = ++seq_;
+  alignas(nlmsghdr) std::uint8_t req[256];
+  netlink::MessageBuilder msg(req, type, NLM_F_REQUEST | NLM_F_DUMP);
   if (type == RTM_GETLINK) {
-    auto* ifi = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
-    ifi->ifi_family = static_cast<unsigned char>(family);
-    mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+    msg.put_header<ifinfomsg>().ifi_family = static_cast<unsigned char>(family);
+    msg.put_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
   } else if (type == RTM_GETADDR) {
-    auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
-    ifa->ifa_family = static_cast<unsigned char>(family);
+    msg.put_header<ifaddrmsg>().ifa_family = static_cast<unsigned char>(family);
   } else {
-    auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
-    rtm->rtm_family = static_cast<unsigned char>(family);
+    msg.put_header<rtmsg>().rtm_family = static_cast<unsigned char>(family);
   }
-  // Replies of an earlier dump that failed half-way would fail this one's seq check.
-  std::vector<std::uint8_t> stale(kRecvBufferSize);
-  for (;;) {
-    auto n = receive(mnl_socket_get_fd(request_sock_.get()), stale, true);
-    if (!n || *n == 0) break;
-  }
-  if (mnl_socket_sendto(request_sock_.get(), nlh, nlh->nlmsg_len) < 0) {
-    return unexpected(sock_fail("netlink send"));
-  }
-  const BatchExpectation expect{true, nlh->nlmsg_seq, request_portid_};
-  std::vector<std::uint8_t> buf(kRecvBufferSize);
-  for (;;) {
-    auto n = receive(mnl_socket_get_fd(request_sock_.get()), buf, false);
-    if (!n) return unexpected(n.error());
-    auto batch = parse_batch({buf.data(), *n}, expect);
-    if (!batch) {
-      // Drain the rest of this dump so the socket is clean for the retry.
-      if (batch.error().code == NetlinkError::kDumpInterrupted) {
-        for (;;) {
-          auto more = receive(mnl_socket_get_fd(request_sock_.get()), buf, true);
-          if (!more || *more == 0) break;
-        }
-      }
-      return unexpected(batch.error());
+  // Every reply is checked for seq and portid by the socket; replies of an earlier dump
+  // that failed half-way are skipped there. One bad message fails the dump, after it has
+  // been read to its end (so the socket is clean for the retry).
+  std::optional<NetlinkFailure> bad;
+  auto ack = requests_->dump(msg.header(), [&](const nlmsghdr& nlh) {
+    if (bad) return;
+    auto ev = parse_rtnl_message(nlh);
+    if (!ev) {
+      bad = ev.error();
+    } else if (ev->has_value()) {
+      into.apply(**ev);
     }
-    for (const auto& ev : batch->events) into.apply(ev);
-    if (batch->done) return true;
+  });
+  if (!ack) return unexpected(ack.error());
+  if (ack->interrupted) return unexpected(NetlinkFailure{NetlinkError::kDumpInterrupted, ""});
+  if (ack->error != 0) {
+    std::string detail = std::strerror(ack->error);
+    if (!ack->message.empty()) detail += " (" + ack->message + ")";
+    return unexpected(NetlinkFailure{NetlinkError::kKernelError, std::move(detail)});
   }
+  if (bad) return unexpected(*bad);
+  return true;
 }
 
 Expected<bool, NetlinkFailure> InterfaceCache::full_dump() {
@@ -164,17 +111,17 @@ Expected<bool, NetlinkFailure> InterfaceCache::full_dump() {
 }
 
 Expected<bool, NetlinkFailure> InterfaceCache::drain_events(bool& changed) {
-  std::vector<std::uint8_t> buf(kRecvBufferSize);
   bool need_resync = false;
   for (;;) {
-    auto n = receive(mnl_socket_get_fd(event_sock_.get()), buf, true);
-    if (!n) {
-      if (n.error().code != NetlinkError::kOverrun) return unexpected(n.error());
+    auto data = events_->try_receive();
+    if (!data) {
+      if (data.error().code != NetlinkError::kOverrun) return unexpected(data.error());
+      (void)events_->take_overrun();
       need_resync = true;  // keep draining; the dump below replaces everything anyway
       continue;
     }
-    if (*n == 0) return need_resync;
-    auto batch = parse_batch({buf.data(), *n}, BatchExpectation{});
+    if (data->empty()) return need_resync;
+    auto batch = parse_batch(*data, BatchExpectation{});
     if (!batch) {
       // One bad notification must not poison the state: note it and resync.
       log::warn("interface cache: ignoring notification: ", batch.error().message());
@@ -200,8 +147,7 @@ void InterfaceCache::publish() {
 }
 
 void InterfaceCache::run() {
-  pollfd fds[2] = {{mnl_socket_get_fd(event_sock_.get()), POLLIN, 0},
-                   {wake_fd_.get(), POLLIN, 0}};
+  pollfd fds[2] = {{events_->fd(), POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
   for (;;) {
     const int rc = ::poll(fds, 2, -1);
     if (rc < 0) {

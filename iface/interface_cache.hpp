@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -11,15 +12,9 @@
 #include "common/expected.hpp"
 #include "common/fd.hpp"
 #include "iface/interface_snapshot.hpp"
-
-struct mnl_socket;
+#include "netlink/socket.hpp"
 
 namespace splitd::iface {
-
-struct MnlSocketCloser {
-  void operator()(mnl_socket* s) const noexcept;
-};
-using MnlSocket = std::unique_ptr<mnl_socket, MnlSocketCloser>;
 
 // What the rest of splitd reads interfaces from; tests substitute a fake.
 class InterfaceSource {
@@ -73,11 +68,9 @@ class InterfaceCache final : public InterfaceSource {
   void run();
 
   SelectionConfig config_;
-  MnlSocket request_sock_;  // dump requests and their replies
-  MnlSocket event_sock_;    // multicast notifications
-  Fd wake_fd_;     // eventfd to stop the thread
-  std::uint32_t request_portid_ = 0;
-  std::uint32_t seq_ = 0;
+  std::optional<netlink::Socket> requests_;  // dump requests and their replies
+  std::optional<netlink::Socket> events_;    // the link/address/route groups
+  Fd wake_fd_;  // eventfd to stop the thread
   NetlinkState state_;  // touched only by open() and then the watcher thread
   AtomicSharedPtr<const InterfaceSnapshot> snapshot_;
   std::atomic<std::uint64_t> resyncs_{0};

@@ -1,14 +1,14 @@
 #include "iface/netlink_messages.hpp"
 
-#include <libmnl/libmnl.h>
 #include <linux/if_addr.h>
 #include <linux/if_link.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 
-#include <array>
 #include <cerrno>
 #include <cstring>
+
+#include "netlink/message.hpp"
 
 namespace splitd::iface {
 namespace {
@@ -17,42 +17,10 @@ NetlinkFailure fail(NetlinkError code, std::string detail) {
   return NetlinkFailure{code, std::move(detail)};
 }
 
-// Attribute table indexed by type. Attributes with a type beyond kMax are ignored (newer
-// kernels add attributes; that must not be an error).
-template <std::size_t kMax>
-struct AttrTable {
-  std::array<const nlattr*, kMax + 1> at{};
-  const nlattr* operator[](std::size_t t) const { return t <= kMax ? at[t] : nullptr; }
-};
+using netlink::parse_attrs;
 
-// Walks the attributes in [data, data+len). Unlike mnl_attr_parse, a partial attribute is
-// an error rather than silently the end of the list.
-template <std::size_t kMax>
-Expected<AttrTable<kMax>, NetlinkFailure> parse_attrs(const void* data, std::size_t len,
-                                                      const char* what) {
-  AttrTable<kMax> table;
-  const auto* p = static_cast<const std::uint8_t*>(data);
-  std::size_t off = 0;
-  while (len - off >= sizeof(nlattr)) {
-    nlattr hdr;
-    std::memcpy(&hdr, p + off, sizeof hdr);
-    if (hdr.nla_len < sizeof(nlattr) || hdr.nla_len > len - off) {
-      return unexpected(fail(NetlinkError::kTruncated,
-                             std::string(what) + ": attribute type " +
-                                 std::to_string(hdr.nla_type & NLA_TYPE_MASK) + " claims " +
-                                 std::to_string(hdr.nla_len) + " bytes, " +
-                                 std::to_string(len - off) + " left"));
-    }
-    const auto type = static_cast<std::size_t>(hdr.nla_type & NLA_TYPE_MASK);
-    if (type <= kMax) table.at[type] = reinterpret_cast<const nlattr*>(p + off);
-    const std::size_t step = NLA_ALIGN(hdr.nla_len);
-    if (step >= len - off) break;
-    off += step;
-  }
-  return table;
-}
-
-std::size_t payload_len(const nlattr* a) { return mnl_attr_get_payload_len(a); }
+std::size_t payload_len(const nlattr* a) { return netlink::attr_payload(a).size(); }
+const std::uint8_t* payload_of(const nlattr* a) { return netlink::attr_payload(a).data(); }
 
 Expected<std::uint32_t, NetlinkFailure> get_u32(const nlattr* a, const char* what) {
   if (payload_len(a) < sizeof(std::uint32_t)) {
@@ -60,16 +28,11 @@ Expected<std::uint32_t, NetlinkFailure> get_u32(const nlattr* a, const char* wha
                            std::string(what) + ": expected 4 bytes, got " +
                                std::to_string(payload_len(a))));
   }
-  std::uint32_t v;
-  std::memcpy(&v, mnl_attr_get_payload(a), sizeof v);
-  return v;
+  return *netlink::attr_u32(a);
 }
 
 // A NUL-terminated string attribute; a string without its NUL is taken up to the payload.
-std::string get_str(const nlattr* a) {
-  const auto* s = static_cast<const char*>(mnl_attr_get_payload(a));
-  return std::string(s, strnlen(s, payload_len(a)));
-}
+std::string get_str(const nlattr* a) { return netlink::attr_string(a); }
 
 Expected<IpAddress, NetlinkFailure> get_ip(const nlattr* a, std::uint8_t family,
                                            const char* what) {
@@ -80,8 +43,7 @@ Expected<IpAddress, NetlinkFailure> get_ip(const nlattr* a, std::uint8_t family,
                                std::to_string(payload_len(a)) + " bytes for family " +
                                std::to_string(family)));
   }
-  auto ip = IpAddress::from_bytes(
-      {static_cast<const std::uint8_t*>(mnl_attr_get_payload(a)), want});
+  auto ip = IpAddress::from_bytes({payload_of(a), want});
   return *ip;
 }
 
@@ -93,12 +55,7 @@ Expected<const Hdr*, NetlinkFailure> fixed_header(const nlmsghdr& nlh, const cha
                            std::string(what) + ": message of " + std::to_string(nlh.nlmsg_len) +
                                " bytes is shorter than its header"));
   }
-  return static_cast<const Hdr*>(mnl_nlmsg_get_payload(&nlh));
-}
-
-std::size_t attrs_len(const nlmsghdr& nlh, std::size_t hdr) {
-  const std::size_t start = NLMSG_LENGTH(NLMSG_ALIGN(hdr));
-  return nlh.nlmsg_len > start ? nlh.nlmsg_len - start : 0;
+  return reinterpret_cast<const Hdr*>(netlink::payload(nlh).data());
 }
 
 Expected<std::optional<Event>, NetlinkFailure> parse_link(const nlmsghdr& nlh) {
@@ -109,8 +66,7 @@ Expected<std::optional<Event>, NetlinkFailure> parse_link(const nlmsghdr& nlh) {
   // Bridge-port (AF_BRIDGE) and other per-family link messages describe one aspect of a
   // link, not the link: a RTM_DELLINK of family AF_BRIDGE only means "left the bridge".
   if (ifi.ifi_family != AF_UNSPEC) return std::optional<Event>();
-  auto attrs = parse_attrs<IFLA_MAX>(mnl_nlmsg_get_payload_offset(&nlh, sizeof(ifinfomsg)),
-                                     attrs_len(nlh, sizeof(ifinfomsg)), "link");
+  auto attrs = parse_attrs<IFLA_MAX>(netlink::attributes(nlh, sizeof(ifinfomsg)), "link");
   if (!attrs) return unexpected(attrs.error());
   if (ifi.ifi_index <= 0) {
     return unexpected(fail(NetlinkError::kMalformed,
@@ -131,12 +87,12 @@ Expected<std::optional<Event>, NetlinkFailure> parse_link(const nlmsghdr& nlh) {
     link.mtu = *v;
   }
   if (const nlattr* a = (*attrs)[IFLA_ADDRESS]) {
-    const auto* b = static_cast<const std::uint8_t*>(mnl_attr_get_payload(a));
-    link.hwaddr.assign(b, b + payload_len(a));
+    const auto b = netlink::attr_payload(a);
+    link.hwaddr.assign(b.begin(), b.end());
   }
   if (const nlattr* a = (*attrs)[IFLA_PARENT_DEV_NAME]) link.parent_dev = get_str(a);
   if (const nlattr* a = (*attrs)[IFLA_LINKINFO]) {
-    auto info = parse_attrs<IFLA_INFO_MAX>(mnl_attr_get_payload(a), payload_len(a), "linkinfo");
+    auto info = parse_attrs<IFLA_INFO_MAX>(netlink::attr_payload(a), "linkinfo");
     if (!info) return unexpected(info.error());
     if (const nlattr* k = (*info)[IFLA_INFO_KIND]) link.kind = get_str(k);
   }
@@ -149,8 +105,7 @@ Expected<std::optional<Event>, NetlinkFailure> parse_addr(const nlmsghdr& nlh) {
   ifaddrmsg ifa;
   std::memcpy(&ifa, *hdr, sizeof ifa);
   if (ifa.ifa_family != AF_INET && ifa.ifa_family != AF_INET6) return std::optional<Event>();
-  auto attrs = parse_attrs<IFA_MAX>(mnl_nlmsg_get_payload_offset(&nlh, sizeof(ifaddrmsg)),
-                                    attrs_len(nlh, sizeof(ifaddrmsg)), "address");
+  auto attrs = parse_attrs<IFA_MAX>(netlink::attributes(nlh, sizeof(ifaddrmsg)), "address");
   if (!attrs) return unexpected(attrs.error());
   AddrMsg addr;
   addr.index = ifa.ifa_index;
@@ -189,8 +144,7 @@ Expected<std::optional<Event>, NetlinkFailure> parse_route(const nlmsghdr& nlh) 
     return unexpected(fail(NetlinkError::kMalformed,
                            "route: destination length " + std::to_string(rtm.rtm_dst_len)));
   }
-  auto attrs = parse_attrs<RTA_MAX>(mnl_nlmsg_get_payload_offset(&nlh, sizeof(rtmsg)),
-                                    attrs_len(nlh, sizeof(rtmsg)), "route");
+  auto attrs = parse_attrs<RTA_MAX>(netlink::attributes(nlh, sizeof(rtmsg)), "route");
   if (!attrs) return unexpected(attrs.error());
   RouteMsg r;
   r.family = rtm.rtm_family == AF_INET ? IpAddress::Family::kV4 : IpAddress::Family::kV6;
@@ -237,13 +191,13 @@ Expected<std::optional<Event>, NetlinkFailure> parse_route(const nlmsghdr& nlh) 
       return unexpected(fail(NetlinkError::kTruncated, "route: empty multipath attribute"));
     }
     rtnexthop nh;
-    std::memcpy(&nh, mnl_attr_get_payload(a), sizeof nh);
+    std::memcpy(&nh, payload_of(a), sizeof nh);
     if (nh.rtnh_len < sizeof(rtnexthop) || nh.rtnh_len > payload_len(a)) {
       return unexpected(fail(NetlinkError::kTruncated, "route: multipath nexthop length"));
     }
     r.oif = static_cast<std::uint32_t>(nh.rtnh_ifindex);
     auto nh_attrs = parse_attrs<RTA_MAX>(
-        static_cast<const std::uint8_t*>(mnl_attr_get_payload(a)) + RTNH_ALIGN(sizeof nh),
+        payload_of(a) + RTNH_ALIGN(sizeof nh),
         nh.rtnh_len > RTNH_ALIGN(sizeof nh) ? nh.rtnh_len - RTNH_ALIGN(sizeof nh) : 0,
         "route nexthop");
     if (!nh_attrs) return unexpected(nh_attrs.error());
@@ -257,24 +211,6 @@ Expected<std::optional<Event>, NetlinkFailure> parse_route(const nlmsghdr& nlh) 
 }
 
 }  // namespace
-
-const char* to_string(NetlinkError e) {
-  switch (e) {
-    case NetlinkError::kTruncated: return "truncated netlink message";
-    case NetlinkError::kMalformed: return "malformed netlink message";
-    case NetlinkError::kUnexpectedSeq: return "netlink reply with unexpected sequence number";
-    case NetlinkError::kUnexpectedPortid: return "netlink reply for another socket";
-    case NetlinkError::kKernelError: return "kernel returned an error";
-    case NetlinkError::kDumpInterrupted: return "netlink dump interrupted";
-    case NetlinkError::kOverrun: return "netlink receive buffer overrun";
-    case NetlinkError::kSocket: return "netlink socket error";
-  }
-  return "netlink error";
-}
-
-std::string NetlinkFailure::message() const {
-  return detail.empty() ? std::string(to_string(code)) : std::string(to_string(code)) + ": " + detail;
-}
 
 Expected<std::optional<Event>, NetlinkFailure> parse_rtnl_message(const nlmsghdr& nlh) {
   switch (nlh.nlmsg_type) {
@@ -291,36 +227,12 @@ Expected<std::optional<Event>, NetlinkFailure> parse_rtnl_message(const nlmsghdr
 Expected<BatchResult, NetlinkFailure> parse_batch(std::span<const std::uint8_t> buf,
                                                   const BatchExpectation& expect) {
   BatchResult result;
-  std::size_t off = 0;
-  while (off < buf.size()) {
-    const std::size_t left = buf.size() - off;
-    if (left < sizeof(nlmsghdr)) {
-      return unexpected(fail(NetlinkError::kTruncated,
-                             std::to_string(left) + " trailing bytes, less than a header"));
-    }
-    // Kernel buffers are aligned, but a test's or an attacker's need not be: copy the
-    // header and require alignment before handing the message to the parsers.
-    nlmsghdr hdr;
-    std::memcpy(&hdr, buf.data() + off, sizeof hdr);
-    if (hdr.nlmsg_len < sizeof(nlmsghdr) || hdr.nlmsg_len > left) {
-      return unexpected(fail(NetlinkError::kTruncated,
-                             "message claims " + std::to_string(hdr.nlmsg_len) + " bytes, " +
-                                 std::to_string(left) + " received"));
-    }
-    if (reinterpret_cast<std::uintptr_t>(buf.data() + off) % alignof(nlmsghdr) != 0) {
-      return unexpected(fail(NetlinkError::kMalformed, "misaligned message"));
-    }
-    const auto& nlh = *reinterpret_cast<const nlmsghdr*>(buf.data() + off);
+  netlink::MessageReader reader(buf);
+  while (const nlmsghdr* m = reader.next()) {
+    const nlmsghdr& nlh = *m;
     if (expect.is_dump_reply) {
-      if (nlh.nlmsg_seq != expect.seq) {
-        return unexpected(fail(NetlinkError::kUnexpectedSeq,
-                               "got " + std::to_string(nlh.nlmsg_seq) + ", expected " +
-                                   std::to_string(expect.seq)));
-      }
-      if (nlh.nlmsg_pid != expect.portid) {
-        return unexpected(fail(NetlinkError::kUnexpectedPortid,
-                               "got " + std::to_string(nlh.nlmsg_pid) + ", expected " +
-                                   std::to_string(expect.portid)));
+      if (auto ok = netlink::check_reply(nlh, expect.seq, expect.portid); !ok) {
+        return unexpected(ok.error());
       }
       if (nlh.nlmsg_flags & NLM_F_DUMP_INTR) {
         return unexpected(fail(NetlinkError::kDumpInterrupted, ""));
@@ -331,13 +243,12 @@ Expected<BatchResult, NetlinkFailure> parse_batch(std::span<const std::uint8_t> 
       case NLMSG_DONE: result.done = true; break;
       case NLMSG_OVERRUN: return unexpected(fail(NetlinkError::kOverrun, "NLMSG_OVERRUN"));
       case NLMSG_ERROR: {
-        if (nlh.nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
-          return unexpected(fail(NetlinkError::kTruncated, "short NLMSG_ERROR"));
-        }
-        nlmsgerr err;
-        std::memcpy(&err, mnl_nlmsg_get_payload(&nlh), sizeof err);
-        if (err.error != 0) {
-          return unexpected(fail(NetlinkError::kKernelError, std::strerror(-err.error)));
+        auto err = netlink::parse_error(nlh);
+        if (!err) return unexpected(err.error());
+        if (err->error != 0) {
+          std::string detail = std::strerror(err->error);
+          if (!err->message.empty()) detail += " (" + err->message + ")";
+          return unexpected(fail(NetlinkError::kKernelError, std::move(detail)));
         }
         result.done = true;  // an ACK
         break;
@@ -350,8 +261,8 @@ Expected<BatchResult, NetlinkFailure> parse_batch(std::span<const std::uint8_t> 
         if (expect.is_dump_reply && !(nlh.nlmsg_flags & NLM_F_MULTI)) result.done = true;
       }
     }
-    off += NLMSG_ALIGN(hdr.nlmsg_len);
   }
+  if (reader.failure()) return unexpected(*reader.failure());
   return result;
 }
 

@@ -9,31 +9,17 @@
 
 #include "common/expected.hpp"
 #include "common/ip_address.hpp"
+#include "netlink/error.hpp"
 
 struct nlmsghdr;
 
 namespace splitd::iface {
 
-// Errors of the netlink layer. Netlink replies are untrusted input: every one of these is
-// a clear, recoverable error, never a crash.
-enum class NetlinkError {
-  kTruncated,        // a header or attribute claims more bytes than were received
-  kMalformed,        // lengths or attribute payloads that cannot be right
-  kUnexpectedSeq,    // a dump reply with another sequence number
-  kUnexpectedPortid, // a dump reply addressed to another socket
-  kKernelError,      // NLMSG_ERROR with a non-zero error code
-  kDumpInterrupted,  // NLM_F_DUMP_INTR: the dump changed under us; retry
-  kOverrun,          // ENOBUFS: events were lost; resync with a fresh dump
-  kSocket,           // socket(2)/bind(2)/send/recv failure
-};
-
-struct NetlinkFailure {
-  NetlinkError code;
-  std::string detail;
-  std::string message() const;
-};
-
-const char* to_string(NetlinkError e);
+// The netlink layer's errors (netlink/error.hpp) are iface's: a parse failure of an
+// rtnetlink message is one of them too (kTruncated, kMalformed).
+using NetlinkError = netlink::Error;
+using NetlinkFailure = netlink::Failure;
+using netlink::to_string;
 
 // One link as rtnetlink describes it (RTM_NEWLINK / RTM_DELLINK).
 struct LinkMsg {

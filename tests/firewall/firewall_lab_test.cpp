@@ -21,9 +21,9 @@
 
 #include "common/fd.hpp"
 #include "firewall/firewall.hpp"
-#include "firewall/netlink_socket.hpp"
 #include "firewall/nft_batch.hpp"
 #include "firewall/nft_rule.hpp"
+#include "netlink/socket.hpp"
 #include "test_netns.hpp"
 
 namespace splitd::firewall {
@@ -575,8 +575,8 @@ TEST_F(FirewallLab, AKernelRefusalNamesTheRule) {
   // tproxy is only valid in prerouting: the kernel refuses this rule, and the error must
   // name it, not just say "Operation not supported".
   ns_->run_inside([&] {
-    auto sock = NetlinkSocket::open(NETLINK_NETFILTER, "nfnetlink");
-    ASSERT_TRUE(sock) << sock.error().message;
+    auto sock = netlink::Socket::open(NETLINK_NETFILTER, "nfnetlink");
+    ASSERT_TRUE(sock) << sock.error().message();
     NftBatch b("splitd");
     b.add_table();
     b.add_chain("output", "route", 3 /* NF_INET_LOCAL_OUT */, -150);

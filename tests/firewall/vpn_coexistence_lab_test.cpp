@@ -23,10 +23,10 @@
 #include <vector>
 
 #include "common/fd.hpp"
-#include "firewall/netlink_socket.hpp"
 #include "firewall/nft_batch.hpp"
 #include "firewall/nft_rule.hpp"
 #include "firewall/vpn_coexistence.hpp"
+#include "netlink/socket.hpp"
 #include "test_netns.hpp"
 
 namespace splitd::firewall {
@@ -301,7 +301,7 @@ TEST_F(VpnCoexistenceLab, WgQuickTablesGetTheRuleFirstAndProxiedRepliesPass) {
 
 // Polls the kernel (a netlink socket inside the namespace) until splitd's rule heads both
 // preraw chains.
-bool wait_for_rules(NetlinkSocket& sock, std::chrono::milliseconds limit) {
+bool wait_for_rules(netlink::Socket& sock, std::chrono::milliseconds limit) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < deadline) {
     bool both = true;
@@ -321,7 +321,7 @@ bool wait_for_rules(NetlinkSocket& sock, std::chrono::milliseconds limit) {
 // takes to start.
 class EventClock {
  public:
-  explicit EventClock(NetlinkSocket sock) : sock_(std::move(sock)) {
+  explicit EventClock(netlink::Socket sock) : sock_(std::move(sock)) {
     thread_ = std::thread([this] { run(); });
   }
   ~EventClock() { join(); }
@@ -370,7 +370,7 @@ class EventClock {
     }
   }
 
-  NetlinkSocket sock_;
+  netlink::Socket sock_;
   std::optional<std::chrono::steady_clock::time_point> table_, rule4_, rule6_;
   std::uint32_t wg_quick_pid_ = 0;
   std::thread thread_;
@@ -381,10 +381,10 @@ TEST_F(VpnCoexistenceLab, WatcherReappliesWithin200msWhenWgQuickRecreatesItsTabl
   const std::string before = ruleset(*ns_);
   auto coex = open_coexistence();
   ASSERT_TRUE(coex);
-  std::optional<NetlinkSocket> probe;
+  std::optional<netlink::Socket> probe;
   ns_->run_inside([&] {
-    auto s = NetlinkSocket::open(NETLINK_NETFILTER, "probe");
-    ASSERT_TRUE(s) << s.error().message;
+    auto s = netlink::Socket::open(NETLINK_NETFILTER, "probe");
+    ASSERT_TRUE(s) << s.error().message();
     probe.emplace(std::move(*s));
   });
   ASSERT_TRUE(probe);
@@ -409,8 +409,8 @@ TEST_F(VpnCoexistenceLab, WatcherReappliesWithin200msWhenWgQuickRecreatesItsTabl
 
   std::optional<EventClock> clock;
   ns_->run_inside([&] {
-    auto s = NetlinkSocket::open(NETLINK_NETFILTER, "event clock");
-    ASSERT_TRUE(s) << s.error().message;
+    auto s = netlink::Socket::open(NETLINK_NETFILTER, "event clock");
+    ASSERT_TRUE(s) << s.error().message();
     ASSERT_TRUE(s->join_group(NFNLGRP_NFTABLES));
     clock.emplace(std::move(*s));
   });
