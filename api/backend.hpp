@@ -98,10 +98,24 @@ struct DnsMetrics {
   std::uint64_t names_bytes = 0;  // heap the learned names hold (gauge)
 };
 
+// App identification (cgroup/): how flows' apps were found.
+struct AppMetrics {
+  bool enabled = false;           // the cgroup2 hierarchy was found
+  std::uint64_t identified = 0;   // sockets found by sock_diag
+  std::uint64_t socket_gone = 0;  // no such socket any more (an app that exited, a closed UDP socket)
+  std::uint64_t failed = 0;       // netlink errors
+  std::uint64_t no_path = 0;      // found, but the cgroup id had no path
+  std::uint64_t processes = 0;    // processes found for rules or listings
+  std::uint64_t no_process = 0;
+  std::uint64_t cgroups = 0;      // the cgroup map's size (gauge)
+  std::uint64_t execs = 0;        // processes moved by POST /exec
+};
+
 struct MetricsSnapshot {
   proxy::CounterTotals sessions;
   DaemonCounters daemon;
   DnsMetrics dns;
+  AppMetrics apps;
   bool enabled = true;
   bool tunnel_up = false;
   std::chrono::system_clock::time_point started_at;
@@ -137,6 +151,10 @@ class Backend {
   virtual MetricsSnapshot metrics() const = 0;
 
   // The learned names (empty when DNS capture is off); flush returns how many it removed.
+  // POST /api/v1/exec: moves process `pid` (the caller itself when 0) into splitd's exec
+  // cgroup of `route` (kDirect or kTunnel). Callers other than root may move only their own
+  // processes. Returns the cgroup path the process is now in.
+  virtual Result<std::string> exec(const Caller& caller, std::int64_t pid, decider::RouteKind route) = 0;
   virtual std::vector<DnsEntry> dns_cache() const = 0;
   virtual std::size_t flush_dns_cache() = 0;
 };

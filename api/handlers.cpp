@@ -165,6 +165,7 @@ enum class Endpoint {
   kIp,
   kInterfaces,
   kDnsCache,
+  kExec,
 };
 
 struct Match {
@@ -183,6 +184,7 @@ std::optional<Match> route(const std::vector<std::string>& s) {
     if (a == "disable") return Match{Endpoint::kDisable, {verb::post}};
     if (a == "connections") return Match{Endpoint::kConnections, {verb::get, verb::delete_}};
     if (a == "interfaces") return Match{Endpoint::kInterfaces, {verb::get}};
+    if (a == "exec") return Match{Endpoint::kExec, {verb::post}};
     return std::nullopt;
   }
   if (n == 4 && a == "connections") return Match{Endpoint::kConnection, {verb::delete_}};
@@ -494,12 +496,38 @@ struct Handler {
     return edited(backend.set_mode(*mode), 200);
   }
 
+  Reply exec() const {
+    std::string route_text, pid_text;
+    if (auto e = parse_body(req, {{"route", true, &route_text}, {"pid", false, &pid_text}})) return fail(*e);
+    decider::RouteKind route;
+    if (route_text == "direct") {
+      route = decider::RouteKind::kDirect;
+    } else if (route_text == "tunnel") {
+      route = decider::RouteKind::kTunnel;
+    } else {
+      return fail(bad("route: " + in_quotes(route_text) + " is not one of \"direct\", \"tunnel\""));
+    }
+    std::int64_t pid = 0;
+    if (!pid_text.empty()) {
+      if (pid_text.size() > 10 || pid_text.find_first_not_of("0123456789") != std::string::npos ||
+          (pid = std::stoll(pid_text)) <= 0 || pid > 0x7fffffff) {
+        return fail(bad("pid: " + in_quotes(pid_text) + " is not a process id"));
+      }
+    }
+    auto moved = backend.exec(ctx.caller, pid, route);
+    if (!moved) return fail(moved.error());
+    return ok(200, {{"pid", pid != 0 ? pid : ctx.caller.pid}, {"route", route_text}, {"cgroup", *moved}});
+  }
+
   Reply app_add() const {
     config::AppRule app;
     if (auto e = parse_body(req, {{"name", true, &app.name},
                                   {"cgroup", false, &app.cgroup},
                                   {"comm", false, &app.comm},
-                                  {"path", false, &app.path}})) {
+                                  {"path", false, &app.path},
+                                  {"unit", false, &app.unit},
+                                  {"app_id", false, &app.app_id},
+                                  {"user", false, &app.user}})) {
       return fail(*e);
     }
     auto checked = config::check_app(app);
@@ -641,7 +669,12 @@ Reply dispatch(const Request& req, const RequestContext& ctx, Backend& backend) 
     r.response.set(http::field::allow, allow_header(match->methods));
     return r;
   }
-  if (method != verb::get && !ctx.caller.may_change) {
+  // exec moves only the caller's own processes (checked by the backend), so any caller
+  // who can reach the unix socket may use it; over TCP there is no process to move.
+  if (match->endpoint == Endpoint::kExec && ctx.caller.transport != Caller::Transport::kUnix) {
+    return fail(403, "exec works only over the unix socket (the caller's process is moved)");
+  }
+  if (method != verb::get && !ctx.caller.may_change && match->endpoint != Endpoint::kExec) {
     return fail(403, ctx.caller.transport == Caller::Transport::kUnix
                          ? "changes need root or membership of group splitd (uid " + std::to_string(ctx.caller.uid) + ")"
                          : "this caller may not change anything");
@@ -665,6 +698,7 @@ Reply dispatch(const Request& req, const RequestContext& ctx, Backend& backend) 
     case Endpoint::kIp: return h.no_query_or(&Handler::ip_remove);
     case Endpoint::kInterfaces: return h.no_query_or(&Handler::interfaces);
     case Endpoint::kDnsCache: return method == verb::get ? h.dns_cache_get() : h.dns_cache_delete();
+    case Endpoint::kExec: return h.no_query_or(&Handler::exec);
   }
   return fail(404, "no such endpoint");
 }
@@ -676,6 +710,13 @@ bool Filter::matches(const proxy::SessionView& s) const {
   if (protocol && s.protocol != *protocol) return false;
   if (app.empty()) return true;
   if (iequals(s.app.comm, app)) return true;
+  // The app rule that routed it ("kill --app Slack" after the rule Slack moved), or its
+  // desktop app id.
+  if (s.route.matched == decider::MatchKind::kApp && s.route.rule.size() == 4 + app.size() &&
+      s.route.rule.starts_with("app ") && iequals(std::string_view(s.route.rule).substr(4), app)) {
+    return true;
+  }
+  if (!s.app.app_id.empty() && decider::app_id_matches(app, s.app.app_id)) return true;
   const auto slash = s.app.exe.rfind('/');
   const std::string_view base = slash == std::string::npos ? std::string_view(s.app.exe)
                                                             : std::string_view(s.app.exe).substr(slash + 1);

@@ -1,5 +1,7 @@
 #include "api/json.hpp"
 
+#include "api/rule_edits_json.hpp"
+
 #include <charconv>
 #include <ctime>
 
@@ -12,9 +14,7 @@ json string_or_null(const std::string& s) { return s.empty() ? json(nullptr) : j
 
 json app_rules_json(const std::vector<config::AppRule>& apps) {
   json out = json::array();
-  for (const auto& a : apps) {
-    out.push_back({{"name", a.name}, {"cgroup", a.cgroup}, {"comm", a.comm}, {"path", a.path}});
-  }
+  for (const auto& a : apps) out.push_back(app_rule_json(a));
   return out;
 }
 
@@ -56,7 +56,14 @@ std::string format_time(std::chrono::system_clock::time_point t) {
 json connection_json(const proxy::SessionView& s) {
   json app = nullptr;
   if (s.app.known()) {
-    app = {{"pid", s.app.pid}, {"comm", s.app.comm}, {"path", s.app.exe}, {"cgroup", s.app.cgroup}};
+    app = {{"pid", s.app.pid != 0 ? json(s.app.pid) : json(nullptr)},
+           {"comm", string_or_null(s.app.comm)},
+           {"path", string_or_null(s.app.exe)},
+           {"cgroup", string_or_null(s.app.cgroup)},
+           {"unit", string_or_null(s.app.unit)},
+           {"app_id", string_or_null(s.app.app_id)},
+           {"uid", s.app.uid ? json(*s.app.uid) : json(nullptr)},
+           {"found_by", s.app.how}};
   }
   const bool blocked = s.route.kind == decider::RouteKind::kBlock;
   return {{"id", s.id},
@@ -188,13 +195,23 @@ void append_connection(std::string& out, const proxy::SessionView& s) {
   out += "\",\"app\":";
   if (s.app.known()) {
     out += "{\"pid\":";
-    append_int(out, s.app.pid);
+    if (s.app.pid != 0) append_int(out, s.app.pid);
+    else out += "null";
     out += ",\"comm\":";
-    append_json_string(out, s.app.comm);
+    append_string_or_null(out, s.app.comm);
     out += ",\"path\":";
-    append_json_string(out, s.app.exe);
+    append_string_or_null(out, s.app.exe);
     out += ",\"cgroup\":";
-    append_json_string(out, s.app.cgroup);
+    append_string_or_null(out, s.app.cgroup);
+    out += ",\"unit\":";
+    append_string_or_null(out, s.app.unit);
+    out += ",\"app_id\":";
+    append_string_or_null(out, s.app.app_id);
+    out += ",\"uid\":";
+    if (s.app.uid) append_uint(out, *s.app.uid);
+    else out += "null";
+    out += ",\"found_by\":";
+    append_json_string(out, s.app.how);
     out += '}';
   } else {
     out += "null";

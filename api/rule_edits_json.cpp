@@ -11,7 +11,7 @@ json section_json(const config::SplitSection& s, bool app_names_only) {
   json apps = json::array();
   for (const auto& a : s.apps) {
     if (app_names_only) apps.push_back(a.name);
-    else apps.push_back({{"name", a.name}, {"cgroup", a.cgroup}, {"comm", a.comm}, {"path", a.path}});
+    else apps.push_back(app_rule_json(a));
   }
   json ips = json::array();
   for (const auto& c : s.ips) ips.push_back(c.to_string());
@@ -51,6 +51,10 @@ config::SplitSection section_from(const json& obj, const std::string& where, boo
       a.cgroup = text(member(apps[i], "cgroup", at), at + ".cgroup");
       a.comm = text(member(apps[i], "comm", at), at + ".comm");
       a.path = text(member(apps[i], "path", at), at + ".path");
+      // Fields added later: a file written before them has none.
+      for (auto [key, out] : {std::pair{"unit", &a.unit}, {"app_id", &a.app_id}, {"user", &a.user}}) {
+        if (apps[i].is_object() && apps[i].contains(key)) *out = text(apps[i][key], at + "." + key);
+      }
       if (auto ok = config::check_app(a); !ok) throw at + ": " + ok.error();
     }
     s.apps.push_back(std::move(a));
@@ -71,6 +75,11 @@ config::SplitSection section_from(const json& obj, const std::string& where, boo
 }
 
 }  // namespace
+
+nlohmann::json app_rule_json(const config::AppRule& a) {
+  return {{"name", a.name}, {"cgroup", a.cgroup}, {"comm", a.comm}, {"path", a.path},
+          {"unit", a.unit}, {"app_id", a.app_id}, {"user", a.user}};
+}
 
 std::string rule_edits_to_json(const RuleEdits& e) {
   json doc = {{"version", 1},

@@ -4,6 +4,8 @@
 #include <string>
 #include <string_view>
 
+#include <nlohmann/json.hpp>
+
 #include "common/expected.hpp"
 #include "config/config.hpp"
 
@@ -24,6 +26,9 @@ struct RuleEdits {
 //  "added": {"apps": [{name, cgroup, comm, path}], "domains": [...], "ips": [...]},
 //  "removed": {"apps": ["name"], "domains": [...], "ips": [...]}}
 std::string rule_edits_to_json(const RuleEdits& edits);
+// One app rule as the state file and the API write it: {name, cgroup, comm, path, unit,
+// app_id, user} (the last three absent from files written before them).
+nlohmann::json app_rule_json(const config::AppRule& a);
 // Every value is checked as the config file checks it; the message names the field.
 Expected<RuleEdits, std::string> rule_edits_from_json(std::string_view text);
 

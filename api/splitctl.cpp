@@ -1,6 +1,10 @@
 #include "api/splitctl.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -116,6 +120,11 @@ std::string app_of(const json& c) {
   if (!comm.empty()) return comm;
   const std::string path = str(*it, "path", "");
   if (!path.empty()) return basename_of(path);
+  // Found by its cgroup only (no rule needed the process): the app id or the unit.
+  for (const char* key : {"app_id", "unit"}) {
+    if (std::string v = str(*it, key, ""); !v.empty()) return v;
+  }
+  if (std::string uid = str(*it, "uid", ""); !uid.empty()) return "uid " + uid;
   return "-";
 }
 
@@ -196,7 +205,7 @@ std::string mode_summary(const std::string& mode) {
 
 std::string app_fields(const json& app) {
   std::string out;
-  for (const char* key : {"cgroup", "comm", "path"}) {
+  for (const char* key : {"cgroup", "comm", "path", "unit", "app_id", "user"}) {
     const std::string v = str(app, key, "");
     if (!v.empty()) out += (out.empty() ? "" : "  ") + std::string(key) + "=" + v;
   }
@@ -741,11 +750,14 @@ constexpr CommandInfo kCommands[] = {
      "The split rules in force: the mode and where it came from, then the apps,\n"
      "domains and ips (marked when added over the API), then the config entries\n"
      "removed over the API."},
-    {"add", "add app NAME [--cgroup GLOB] [--comm NAME] [--path EXE] | add domain PATTERN | add ip CIDR",
+    {"add", "add app NAME [--cgroup GLOB] [--comm NAME] [--path EXE] [--unit GLOB] [--app-id ID] [--user U]"
+            " | add domain PATTERN | add ip CIDR",
      "add a split rule",
      "Adds a split rule (kept by splitd across restarts). It applies to new flows: in\n"
-     "exclude mode they go direct, in include mode through the tunnel. An app with none of\n"
-     "--cgroup, --comm, --path matches the process name NAME (its first 15 bytes)."},
+     "exclude mode they go direct, in include mode through the tunnel. An app matches when\n"
+     "any option matches: --unit a systemd unit (transmission-daemon.service), --app-id a\n"
+     "desktop app (firefox: GNOME, KDE, Flatpak and snap scopes), --user a user name or uid.\n"
+     "With none of them it matches the process name NAME (its first 15 bytes)."},
     {"remove", "remove app NAME | remove domain PATTERN | remove ip CIDR", "remove a split rule",
      "Removes a split rule in force (one from the config too: splitd remembers it)."},
     {"mode", "mode include|exclude", "set the split mode",
@@ -769,8 +781,12 @@ constexpr CommandInfo kCommands[] = {
      "  --ip ADDR    only that address      --name TEXT   only names containing TEXT\n"
      "`dns flush` forgets every learned name: new flows to those addresses are decided\n"
      "without a name until an answer names them again (running flows keep their route)."},
-    {"exec", "exec --route direct|tunnel -- CMD [ARGS...]", "(not available in this build yet)",
-     "Not available in this build yet."},
+    {"exec", "exec --route direct|tunnel -- CMD [ARGS...]", "run a program (and its children) on one route",
+     "Runs CMD on the given route, whatever the rules say: splitd moves this process into\n"
+     "its cgroup for the route, then splitctl becomes CMD (no shell in between), so CMD and\n"
+     "every process it starts stay there. The exit status is CMD's (127: not found, 126:\n"
+     "not executable). Any user who can reach splitd's socket may use it for their own\n"
+     "processes; the route wins over app, domain and IP rules."},
     {"help", "help [COMMAND]", "this text, or a command's", "This text, or a command's."},
 };
 
@@ -1152,12 +1168,16 @@ int cmd_rule_edit(Ctl& ctl, const Parsed& p, bool add) {
   }
   const std::string& kind = p.positional[0];
   const std::string& value = p.positional[1];
-  const bool app_options = p.has("--cgroup") || p.has("--comm") || p.has("--path");
+  static constexpr std::pair<const char*, const char*> kAppOptions[] = {
+      {"--cgroup", "cgroup"}, {"--comm", "comm"},     {"--path", "path"},
+      {"--unit", "unit"},     {"--app-id", "app_id"}, {"--user", "user"}};
+  bool app_options = false;
+  for (const auto& [opt, key] : kAppOptions) app_options = app_options || p.has(opt);
   if (kind != "app" && kind != "domain" && kind != "ip") {
     return ctl.usage_error("'" + kind + "' is not a rule kind: app, domain or ip", verb);
   }
   if (app_options && (kind != "app" || !add)) {
-    return ctl.usage_error("--cgroup, --comm and --path belong to `add app`", verb);
+    return ctl.usage_error("--cgroup, --comm, --path, --unit, --app-id and --user belong to `add app`", verb);
   }
   if (value.empty()) return ctl.usage_error("the value is empty", verb);
   const std::string collection = kind == "app" ? "apps" : kind == "domain" ? "domains" : "ips";
@@ -1172,8 +1192,7 @@ int cmd_rule_edit(Ctl& ctl, const Parsed& p, bool add) {
         body["comm"] = value.substr(0, 15);  // the kernel keeps 15 bytes of a process name
         what += " (process name " + value.substr(0, 15) + ")";
       }
-      for (const char* key : {"cgroup", "comm", "path"}) {
-        const std::string opt = std::string("--") + key;
+      for (const auto& [opt, key] : kAppOptions) {
         if (p.has(opt)) body[key] = p.get(opt);
       }
     } else {
@@ -1380,10 +1399,33 @@ int cmd_dns(Ctl& ctl, const Parsed& p) {
   return kOk;
 }
 
-int cmd_not_yet(Ctl& ctl, std::string_view name) {
-  ctl.io().err << "splitctl: `" << name << "` is not available in this build yet (it comes with splitd's exec"
-               << " cgroups)\n";
-  return kUsage;
+int exec_argv(const std::vector<std::string>& argv) {
+  std::vector<char*> v;
+  for (const auto& a : argv) v.push_back(const_cast<char*>(a.c_str()));
+  v.push_back(nullptr);
+  ::execvp(v[0], v.data());
+  const int err = errno;
+  std::fprintf(stderr, "splitctl: exec %s: %s\n", argv[0].c_str(), std::strerror(err));
+  return err == ENOENT ? 127 : 126;
+}
+
+// `exec --route R -- CMD [ARGS...]`: splitd moves this very process (SO_PEERCRED tells it
+// which) into the route's cgroup; then CMD replaces splitctl, so nothing runs before CMD
+// outside that cgroup and CMD's exit status is splitctl's.
+int cmd_exec(Ctl& ctl, const Parsed& p) {
+  if (!p.has("--route")) return ctl.usage_error("exec needs --route direct or --route tunnel", "exec");
+  const std::string route = p.get("--route");
+  if (route != "direct" && route != "tunnel") {
+    return ctl.usage_error("--route: '" + route + "' is not direct or tunnel", "exec");
+  }
+  if (p.positional.empty()) return ctl.usage_error("exec needs a command after --", "exec");
+  int code = kOk;
+  auto r = ctl.call("POST", "/api/v1/exec", code, json{{"route", route}}.dump());
+  if (!r) return code;
+  if (ctl.globals().json) ctl.print_json(r->body);
+  std::fflush(stdout);
+  ctl.io().out.flush();
+  return ctl.io().exec ? ctl.io().exec(p.positional) : exec_argv(p.positional);
 }
 
 // The options each command takes.
@@ -1396,7 +1438,8 @@ const OptionSpec& options_of(std::string_view command) {
                                           {"--ids", Arg::kFlag}};
   static const OptionSpec kKill = {
       {"--route", Arg::kValue}, {"--protocol", Arg::kValue}, {"--app", Arg::kValue}, {"--all", Arg::kFlag}};
-  static const OptionSpec kAdd = {{"--cgroup", Arg::kValue}, {"--comm", Arg::kValue}, {"--path", Arg::kValue}};
+  static const OptionSpec kAdd = {{"--cgroup", Arg::kValue}, {"--comm", Arg::kValue}, {"--path", Arg::kValue},
+                                  {"--unit", Arg::kValue},   {"--app-id", Arg::kValue}, {"--user", Arg::kValue}};
   static const OptionSpec kExec = {{"--route", Arg::kValue}};
   static const OptionSpec kDns = {{"--ip", Arg::kValue}, {"--name", Arg::kValue}};
   if (command == "connections") return kConnections;
@@ -1500,11 +1543,11 @@ int run_splitctl(std::vector<std::string> args, Io& io) {
     return kOk;
   }
   Ctl ctl(io, std::move(*globals));
-  if (command == "exec") return cmd_not_yet(ctl, command);
   auto parsed = parse_args(args, options_of(command));
   if (!parsed) return ctl.usage_error(parsed.error(), command);
   const Parsed& p = *parsed;
   if (command == "status") return cmd_status(ctl, p);
+  if (command == "exec") return cmd_exec(ctl, p);
   if (command == "connections") return cmd_connections(ctl, p);
   if (command == "kill") return cmd_kill(ctl, p);
   if (command == "rules") return cmd_rules(ctl, p);

@@ -30,6 +30,10 @@ struct Io {
   const std::atomic<bool>* interrupted = nullptr;
   // Makes the API client; empty: an api::HttpClient.
   std::function<std::unique_ptr<api::ApiClient>(const api::ClientOptions&)> make_client{};
+  // Replaces splitctl with CMD for `exec` (argv[0] = CMD, searched in PATH); returns only
+  // on failure, with the exit code to give (127 not found, 126 not executable). Empty:
+  // execvp(3).
+  std::function<int(const std::vector<std::string>& argv)> exec{};
 };
 
 // The whole of splitctl: `args` without the program name. Returns the exit code (0 ok,

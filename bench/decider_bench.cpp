@@ -66,7 +66,7 @@ struct World {
         spec.domains.push_back("*." + d);
       }
     }
-    spec.apps = {{"Slack", "user.slice/*/app.slice/app-slack-*.scope", "slack", "/usr/lib/slack/slack"}};
+    spec.apps = {{"Slack", "user.slice/*/app.slice/app-slack-*.scope", "slack", "/usr/lib/slack/slack", "", "", "", {}}};
   }
 };
 

@@ -1,5 +1,7 @@
 #include "config/config.hpp"
 
+#include <pwd.h>
+
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -8,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #define TOML_EXCEPTIONS 0
 #include <sys/stat.h>
@@ -196,6 +199,40 @@ std::string check_comm(const std::string& s) {
              : "";
 }
 
+// The fields of an app rule that match something; a rule needs one.
+constexpr const char* kAppMatchKeys[] = {"cgroup", "comm", "path", "unit", "app_id", "user"};
+constexpr const char* kAppMatchHint = "give at least one of 'cgroup', 'comm', 'path', 'unit', 'app_id', 'user'";
+
+std::string check_pattern(const std::string& s) {
+  if (s.empty() || s.size() > 4096) return "'" + s + "' is not a pattern (1 to 4096 characters)";
+  for (char c : s) {
+    if (static_cast<unsigned char>(c) < 0x20) return "a pattern has no control characters";
+  }
+  return "";
+}
+
+std::string check_unit(const std::string& s) {
+  if (auto why = check_pattern(s); !why.empty()) return why;
+  if (s.find('/') != std::string::npos) {
+    return "'" + s + "' is a path: a unit is one name such as \"transmission-daemon.service\" (use 'cgroup' for paths)";
+  }
+  return "";
+}
+
+std::string check_cgroup_path(const std::string& s) {
+  if (s.empty()) return "";
+  if (s.front() != '/' || s.size() > 1024 || s.find("/..") != std::string::npos ||
+      s.find("//") != std::string::npos || s == "/") {
+    return "'" + s + "' is not a cgroup path below the cgroup2 mount (such as \"/splitd-exec\")";
+  }
+  return "";
+}
+
+std::string check_user(const std::string& s) {
+  auto uid = resolve_user(s);
+  return uid ? "" : uid.error();
+}
+
 std::string check_app_name(const std::string& s) {
   if (s.empty() || s.size() > 64) return "'" + s + "' is not an app rule name (1 to 64 characters)";
   for (char c : s) {
@@ -334,6 +371,7 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
       {"api_listen", p.string(c.daemon.api_listen, check_listen)},
       {"api_token_file", p.string(c.daemon.api_token_file, check_absolute_path)},
       {"state_dir", p.string(c.daemon.state_dir, check_absolute_path)},
+      {"exec_cgroup", p.string(c.daemon.exec_cgroup, check_cgroup_path)},
       {"log_level", p.choice(c.daemon.log_level, std::vector<std::pair<const char*, log::Level>>{
                                                      {"trace", log::Level::kTrace},
                                                      {"debug", log::Level::kDebug},
@@ -374,14 +412,16 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
       AppRule app;
       const std::string where = key + "[" + std::to_string(i) + "]";
       p.table(t, where, {{"name", p.string(app.name, check_app_name)},
-                         {"cgroup", p.string(app.cgroup)},
+                         {"cgroup", p.string(app.cgroup, check_pattern)},
                          {"comm", p.string(app.comm, check_comm)},
-                         {"path", p.string(app.path, check_absolute_path)}});
+                         {"path", p.string(app.path, check_absolute_path)},
+                         {"unit", p.string(app.unit, check_unit)},
+                         {"app_id", p.string(app.app_id, check_pattern)},
+                         {"user", p.string(app.user, check_user)}});
       if (app.name.empty() && !t.contains("name")) p.error(t.source(), where + ": 'name' is required");
-      if (app.cgroup.empty() && app.comm.empty() && app.path.empty() &&
-          !t.contains("cgroup") && !t.contains("comm") && !t.contains("path")) {
-        p.error(t.source(), where + ": give at least one of 'cgroup', 'comm', 'path'");
-      }
+      bool any = false;
+      for (const char* k : kAppMatchKeys) any = any || t.contains(k);
+      if (!any) p.error(t.source(), where + ": " + kAppMatchHint);
       c.split.apps.push_back(std::move(app));
     }
   };
@@ -470,8 +510,15 @@ Expected<Cidr, std::string> check_cidr(const std::string& text) {
 
 Expected<AppRule, std::string> check_app(const AppRule& app) {
   if (auto why = check_app_name(app.name); !why.empty()) return unexpected("name: " + why);
-  if (app.cgroup.empty() && app.comm.empty() && app.path.empty()) {
-    return unexpected(std::string("give at least one of 'cgroup', 'comm', 'path'"));
+  if (app.cgroup.empty() && app.comm.empty() && app.path.empty() && app.unit.empty() &&
+      app.app_id.empty() && app.user.empty()) {
+    return unexpected(std::string(kAppMatchHint));
+  }
+  for (const auto& [key, value, check] :
+       {std::tuple{"cgroup", &app.cgroup, &check_pattern}, std::tuple{"unit", &app.unit, &check_unit},
+        std::tuple{"app_id", &app.app_id, &check_pattern}, std::tuple{"user", &app.user, &check_user}}) {
+    if (value->empty()) continue;
+    if (auto why = check(*value); !why.empty()) return unexpected(std::string(key) + ": " + why);
   }
   if (!app.comm.empty()) {
     if (auto why = check_comm(app.comm); !why.empty()) return unexpected("comm: " + why);
@@ -480,6 +527,23 @@ Expected<AppRule, std::string> check_app(const AppRule& app) {
     if (auto why = check_absolute_path(app.path); !why.empty()) return unexpected("path: " + why);
   }
   return app;
+}
+
+Expected<std::uint32_t, std::string> resolve_user(const std::string& user) {
+  if (user.empty() || user.size() > 256) return unexpected("'" + user + "' is not a user name or uid");
+  if (user.find_first_not_of("0123456789") == std::string::npos) {
+    if (user.size() > 10) return unexpected("'" + user + "' is not a uid");
+    const unsigned long long v = std::stoull(user);
+    if (v >= 0xffffffffull) return unexpected("'" + user + "' is not a uid");
+    return static_cast<std::uint32_t>(v);
+  }
+  passwd pw{};
+  passwd* found = nullptr;
+  std::vector<char> buf(16384);
+  if (::getpwnam_r(user.c_str(), &pw, buf.data(), buf.size(), &found) != 0 || found == nullptr) {
+    return unexpected("no user '" + user + "' on this system (give a user name or a uid)");
+  }
+  return static_cast<std::uint32_t>(found->pw_uid);
 }
 
 Expected<decider::Mode, std::string> parse_mode(const std::string& text) {
@@ -519,6 +583,7 @@ const KeyRule kKeys[] = {
     SPLITD_KEY("daemon.api_listen", kRestart, daemon.api_listen),
     SPLITD_KEY("daemon.api_token_file", kRestart, daemon.api_token_file),
     SPLITD_KEY("daemon.state_dir", kRestart, daemon.state_dir),
+    SPLITD_KEY("daemon.exec_cgroup", kRestart, daemon.exec_cgroup),
     SPLITD_KEY("daemon.log_level", kRestart, daemon.log_level),
     SPLITD_KEY("interfaces.physical", kRestart, interfaces.physical),
     SPLITD_KEY("interfaces.tunnel", kRestart, interfaces.tunnel),

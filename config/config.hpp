@@ -21,6 +21,9 @@ struct DaemonSection {
   std::string api_listen;  // "" = no TCP listener
   std::string api_token_file = "/etc/splitd/api.token";
   std::string state_dir = "/var/lib/splitd";
+  // Where `splitctl exec` cgroups live, relative to the cgroup2 mount ("/splitd-exec");
+  // "" = "splitd-exec" below splitd's own cgroup (its unit's, under systemd).
+  std::string exec_cgroup;
   log::Level log_level = log::Level::kInfo;
   friend bool operator==(const DaemonSection&, const DaemonSection&) = default;
 };
@@ -55,6 +58,9 @@ struct AppRule {
   std::string cgroup;
   std::string comm;
   std::string path;
+  std::string unit;    // glob on any systemd unit of the cgroup path
+  std::string app_id;  // desktop application id ("firefox", "org.mozilla.firefox")
+  std::string user;    // a user name or a uid, as given
   friend bool operator==(const AppRule&, const AppRule&) = default;
 };
 
@@ -120,8 +126,11 @@ std::string format_duration(Duration d);
 // the same mistake. Each returns the normalised value or a message without a location.
 Expected<std::string, std::string> check_domain_pattern(const std::string& text);  // lower case, no trailing dot
 Expected<Cidr, std::string> check_cidr(const std::string& text);
-// An app rule: a name (1 to 64 characters) and at least one of cgroup, comm, path.
+// An app rule: a name (1 to 64 characters) and at least one of cgroup, comm, path, unit,
+// app_id, user.
 Expected<AppRule, std::string> check_app(const AppRule& app);
+// A user name (from the system's user database) or a decimal uid, to the uid.
+Expected<std::uint32_t, std::string> resolve_user(const std::string& user);
 Expected<decider::Mode, std::string> parse_mode(const std::string& text);
 
 // One line: what the config does, for `splitd check` and the startup log.

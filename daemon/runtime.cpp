@@ -14,8 +14,11 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <unordered_map>
 
 #include "api/server.hpp"
+#include "cgroup/hierarchy.hpp"
+#include "cgroup/identifier.hpp"
 #include "common/log.hpp"
 #include "common/version.hpp"
 #include "decider/decider.hpp"
@@ -52,7 +55,18 @@ std::shared_ptr<const decider::RuleSet> rules_of(const config::SplitSection& spl
   spec.on_tunnel_down = on_tunnel_down;
   spec.ips = split.ips;
   spec.domains = split.domains;
-  for (const config::AppRule& a : split.apps) spec.apps.push_back({a.name, a.cgroup, a.comm, a.path});
+  for (const config::AppRule& a : split.apps) {
+    decider::AppSpec app{a.name, a.cgroup, a.comm, a.path, a.unit, a.app_id, a.user, std::nullopt};
+    // The user was checked when the rule was loaded; one removed since matches nobody.
+    if (!a.user.empty()) {
+      if (auto uid = config::resolve_user(a.user)) {
+        app.uid = *uid;
+      } else {
+        log::warn("app rule '", a.name, "': user: ", uid.error(), "; the user part matches nothing");
+      }
+    }
+    spec.apps.push_back(std::move(app));
+  }
   return decider::build_rules(spec);
 }
 
@@ -243,7 +257,9 @@ int Runtime::start() {
   decider_ = std::make_unique<decider::RuleDecider>(
       *cache_, rules_of(store_.effective(), cfg_.firewall.on_tunnel_down), names_.get());
   sessions_ = std::make_unique<proxy::SessionTable>();
-  classifier_ = std::make_unique<proxy::Classifier>(*decider_, cfg_.dns.enabled ? names_.get() : nullptr);
+  start_identification();
+  classifier_ = std::make_unique<proxy::Classifier>(*decider_, cfg_.dns.enabled ? names_.get() : nullptr,
+                                                    identifier_.get());
 
   // The API socket exists from here on; requests wait until the executor runs, and get
   // 503 until everything below is up.
@@ -363,6 +379,42 @@ void Runtime::stop() {
 
 // ---- DNS -------------------------------------------------------------------------------
 
+// App identification: the cgroup2 hierarchy's map and splitd's exec cgroups. Without a
+// cgroup2 mount splitd still runs; app rules then match nothing, and it says so.
+void Runtime::start_identification() {
+  auto mount = cgroup::cgroup2_mount();
+  if (!mount) {
+    log::warn("apps: ", mount.error().message(), "; app rules and `splitctl exec` will match nothing");
+    return;
+  }
+  auto map = cgroup::CgroupMap::open(*mount);
+  if (!map) {
+    log::warn("apps: cgroup map of ", *mount, ": ", map.error().message(), "; app rules will match nothing");
+    return;
+  }
+  std::string base = cfg_.daemon.exec_cgroup;
+  if (base.empty()) {
+    auto own = cgroup::own_cgroup();
+    base = (own && *own != "/" ? *own : std::string()) + "/splitd-exec";
+  }
+  std::unique_ptr<cgroup::ExecCgroups> exec;
+  if (auto e = cgroup::ExecCgroups::create(*mount, base)) {
+    exec = std::move(*e);
+  } else {
+    log::warn("apps: exec cgroups below ", base, ": ", e.error().message(), "; `splitctl exec` is unavailable");
+  }
+  log::info("apps: cgroup2 at ", *mount, ", ", (*map)->size(), " cgroups known",
+            exec ? "; exec cgroups " + exec->path(cgroup::Route::kDirect) + " and " + exec->path(cgroup::Route::kTunnel)
+                 : std::string());
+  identifier_ = std::make_unique<cgroup::Identifier>(std::move(*map), std::move(exec), *mount);
+  stack_.push("exec cgroups", [this] {
+    if (identifier_->exec() == nullptr) return;
+    if (auto r = identifier_->exec()->remove(); !r) {
+      log::info("apps: exec cgroups kept: ", r.error().message(), " (their processes keep their route when splitd starts again)");
+    }
+  });
+}
+
 std::string Runtime::names_path() const { return cfg_.daemon.state_dir + "/dns-names"; }
 
 int Runtime::start_dns() {
@@ -378,6 +430,7 @@ int Runtime::start_dns() {
   o.cache_ttl = std::chrono::duration_cast<std::chrono::seconds>(cfg_.dns.cache_ttl);
   o.doh_canary = cfg_.dns.doh_canary;
   o.threads = cfg_.dns.threads;
+  o.identifier = identifier_.get();
   forwarder_ = std::make_unique<dns::Forwarder>(*decider_, *names_, o);
   dns::Upstreams up;
   up.tunnel = cfg_.dns.servers;
@@ -498,6 +551,7 @@ void Runtime::arm_repair_timer() {
     apply_vpn_servers();  // one that failed earlier is retried here
     refresh_dns_upstreams();
     if (names_) names_->sweep();
+    if (identifier_) identifier_->refresh();
     if (names_ && std::chrono::steady_clock::now() - names_saved_at_ >= kNamesSaveEvery) save_names();
     arm_repair_timer();
   });
@@ -689,7 +743,64 @@ api::Result<api::Ok> Runtime::set_enabled(bool enabled) {
   return api::Ok{};
 }
 
-std::vector<proxy::SessionView> Runtime::connections() const { return sessions_->list(); }
+// The listing shows each flow's process too; flows that no rule needed it for get it here,
+// one scan of each cgroup's processes for all its flows. Listing also makes new flows
+// identified for a while (Identifier::kListingInterest).
+std::vector<proxy::SessionView> Runtime::connections() const {
+  auto list = sessions_->list();
+  if (!identifier_) return list;
+  identifier_->note_listing();
+  std::map<std::string, std::unordered_map<std::uint64_t, std::int32_t>, std::less<>> owners;
+  for (auto& s : list) {
+    proxy::AppInfo& a = s.app;
+    if (a.pid != 0 || a.cgroup.empty() || a.inode == 0) continue;
+    auto it = owners.find(a.cgroup);
+    if (it == owners.end()) it = owners.emplace(a.cgroup, identifier_->processes().socket_owners(a.cgroup)).first;
+    std::optional<cgroup::ProcessInfo> p;
+    if (auto o = it->second.find(a.inode); o != it->second.end()) p = identifier_->processes().info(o->second);
+    if (!p) p = identifier_->processes().owner(a.cgroup, a.inode);
+    if (!p) continue;
+    a.pid = p->pid;
+    a.comm = p->comm;
+    a.exe = p->exe;
+    a.how += "+proc";
+  }
+  return list;
+}
+
+api::Result<std::string> Runtime::exec(const api::Caller& caller, std::int64_t pid, decider::RouteKind route) {
+  cgroup::ExecCgroups* exec = identifier_ ? identifier_->exec() : nullptr;
+  if (exec == nullptr) {
+    return unexpected(api::ApiError{500, "unavailable", "splitd has no exec cgroups (no cgroup2 hierarchy, or it could not create them; see its log)"});
+  }
+  if (pid == 0) pid = caller.pid;
+  if (pid <= 0) return unexpected(api::ApiError{400, "bad request", "the caller's process is not known (SO_PEERCRED)"});
+  // Root moves any process; everybody else only their own (the real uid of the process).
+  if (caller.uid != 0) {
+    auto p = identifier_->processes().info(static_cast<std::int32_t>(pid));
+    if (!p) return unexpected(api::ApiError{404, "not found", "no process " + std::to_string(pid)});
+    if (static_cast<std::int64_t>(p->uid) != caller.uid) {
+      return unexpected(api::ApiError{403, "forbidden", "process " + std::to_string(pid) + " belongs to uid " +
+                                                            std::to_string(p->uid) + ": uid " + std::to_string(caller.uid) +
+                                                            " may move only its own processes"});
+    }
+  }
+  const cgroup::Route r = route == decider::RouteKind::kDirect ? cgroup::Route::kDirect : cgroup::Route::kTunnel;
+  if (auto moved = exec->move(static_cast<pid_t>(pid), r); !moved) {
+    const int status = moved.error().code == cgroup::Errc::kNoSuchProcess ? 404
+                       : moved.error().code == cgroup::Errc::kPermission  ? 403
+                                                                          : 500;
+    const char* reason = status == 404 ? "not found" : status == 403 ? "forbidden" : "internal error";
+    return unexpected(api::ApiError{status, reason, "moving process " + std::to_string(pid) + ": " + moved.error().message()});
+  }
+  identifier_->note_exec();
+  ++execs_;
+  log::info("api: process ", pid, " (uid ", caller.uid, ") runs ", decider::to_string(route), " from now on (",
+            exec->path(r), ")");
+  return exec->path(r);
+}
+
+
 
 bool Runtime::kill(std::uint64_t id) {
   const bool found = sessions_->kill(id);
@@ -749,6 +860,18 @@ api::MetricsSnapshot Runtime::metrics() const {
   m.rules_ips = eff.ips.size();
   m.version = kVersion;
   m.git_revision = kGitRevision;
+  if (identifier_) {
+    const auto st = identifier_->stats();
+    m.apps.enabled = true;
+    m.apps.identified = st.identified;
+    m.apps.socket_gone = st.socket_gone;
+    m.apps.failed = st.failed;
+    m.apps.no_path = st.no_path;
+    m.apps.processes = st.processes;
+    m.apps.no_process = st.no_process;
+    m.apps.cgroups = identifier_->map().size();
+    m.apps.execs = execs_;
+  }
   if (forwarder_) {
     m.dns.enabled = true;
     m.dns.forwarder = forwarder_->stats();

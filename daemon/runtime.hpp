@@ -30,6 +30,9 @@ class SessionTable;
 class TcpProxy;
 class UdpProxy;
 }  // namespace splitd::proxy
+namespace splitd::cgroup {
+class Identifier;
+}  // namespace splitd::cgroup
 namespace splitd::api {
 class Server;
 }
@@ -79,6 +82,7 @@ class Runtime final : public api::Backend {
   api::Result<api::Ok> remove_ip(const Cidr& cidr) override;
   std::shared_ptr<const iface::InterfaceSnapshot> interfaces() const override;
   api::MetricsSnapshot metrics() const override;
+  api::Result<std::string> exec(const api::Caller& caller, std::int64_t pid, decider::RouteKind route) override;
   std::vector<api::DnsEntry> dns_cache() const override;
   std::size_t flush_dns_cache() override;
 
@@ -112,6 +116,7 @@ class Runtime final : public api::Backend {
   void repair(const char* why);
   void log_sessions() const;
   int start_dns();
+  void start_identification();
   void refresh_dns_upstreams();
   void save_names() const;
   std::string names_path() const;
@@ -124,6 +129,7 @@ class Runtime final : public api::Backend {
   std::chrono::system_clock::time_point started_at_ = std::chrono::system_clock::now();
   std::chrono::steady_clock::time_point repair_not_before_{};
   api::DaemonCounters counters_;
+  std::uint64_t execs_ = 0;
   bool enabled_ = true;
   bool stopped_ = false;
   int exit_code_ = 0;  // 2 when the footprint could not be removed on the way down
@@ -140,6 +146,7 @@ class Runtime final : public api::Backend {
   std::unique_ptr<dns::NameStore> names_;  // before the decider, which reads it
   std::unique_ptr<decider::RuleDecider> decider_;
   std::unique_ptr<proxy::SessionTable> sessions_;
+  std::unique_ptr<cgroup::Identifier> identifier_;  // nullptr: no cgroup2 (apps unknown)
   std::unique_ptr<proxy::Classifier> classifier_;
   std::unique_ptr<firewall::Firewall> firewall_;
   std::unique_ptr<firewall::FirewallConfig> fwcfg_;

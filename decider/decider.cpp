@@ -86,6 +86,7 @@ std::shared_ptr<const RuleSet> RuleSet::build(const RuleSpec& spec) {
   for (const std::string& d : spec.domains) {
     if (!r->domain_index_.add(d)) ++r->invalid_domains;
   }
+  for (const AppSpec& a : spec.apps) r->needs_process_ = r->needs_process_ || a.needs_process();
   r->built_ = true;
   return r;
 }
@@ -159,9 +160,10 @@ class SmallestMatchingName final : public NameVisitor {
 namespace {
 
 bool match_app(const std::vector<AppSpec>& apps, const SessionInfo& info, RuleMatch& m) {
-  if (info.cgroup_path.empty() && info.comm.empty() && info.exe.empty()) return false;
+  const AppView app = info.app();
+  if (app.empty()) return false;
   for (const AppSpec& a : apps) {
-    if (app_matches(a, info.cgroup_path, info.comm, info.exe)) {
+    if (app_matches(a, app)) {
       m.kind = MatchKind::kApp;
       m.rule = "app " + a.name;
       return true;
@@ -230,6 +232,13 @@ Route RuleDecider::decide(const SessionInfo& info) const {
     return resolve(RouteKind::kDirect, info.dst.unmapped(), *snap, rules->on_tunnel_down,
                    "VPN carrier (a WireGuard handshake)");
   }
+  // `splitctl exec`'s cgroups come before every rule (SPEC: precedence among app rules).
+  if (info.exec_route) {
+    Route r = resolve(*info.exec_route, info.dst.unmapped(), *snap, rules->on_tunnel_down,
+                      *info.exec_route == RouteKind::kDirect ? "exec direct" : "exec tunnel");
+    r.matched = MatchKind::kApp;
+    return r;
+  }
   RuleMatch m = rules->match(info, names_);
   // A match sends the flow the other way than the mode's default.
   const bool matched = m.kind != MatchKind::kNone;
@@ -245,12 +254,18 @@ Route RuleDecider::decide_name(const SessionInfo& client, std::string_view name,
                                IpAddress::Family upstream_family) const {
   const auto rules = rules_.load();
   const auto snap = interfaces_.snapshot();
-  RuleMatch m = rules->match_name(client, name);
-  const bool matched = m.kind != MatchKind::kNone;
-  const bool tunnel = (rules->mode == Mode::kExclude) != matched;
   // resolve() picks the interface by the destination's family: that of the upstream.
   const IpAddress family_of =
       upstream_family == IpAddress::Family::kV4 ? IpAddress() : IpAddress::v6(in6addr_any);
+  if (client.exec_route) {
+    Route r = resolve(*client.exec_route, family_of, *snap, rules->on_tunnel_down,
+                      *client.exec_route == RouteKind::kDirect ? "exec direct" : "exec tunnel");
+    r.matched = MatchKind::kApp;
+    return r;
+  }
+  RuleMatch m = rules->match_name(client, name);
+  const bool matched = m.kind != MatchKind::kNone;
+  const bool tunnel = (rules->mode == Mode::kExclude) != matched;
   Route r = resolve(tunnel ? RouteKind::kTunnel : RouteKind::kDirect, family_of, *snap,
                     rules->on_tunnel_down, std::move(m.rule));
   r.matched = m.kind;

@@ -39,11 +39,17 @@ struct SessionInfo {
   std::uint16_t src_port = 0;
   IpAddress dst;  // the original destination
   std::uint16_t dst_port = 0;
-  // The app that opened the flow, where known (empty / 0 when not).
+  // The app that opened the flow, where known (empty / 0 / unset when not).
   std::int32_t pid = 0;
   std::string cgroup_path;  // cgroup v2 path, e.g. "/user.slice/.../app-slack-1.scope"
   std::string comm;         // /proc/PID/comm
   std::string exe;          // /proc/PID/exe
+  std::string app_id;       // the desktop application id of its systemd unit ("firefox")
+  std::optional<std::uint32_t> uid;  // the socket's owner
+  // The flow's process runs in one of splitd's `splitctl exec` cgroups: that route wins
+  // over every rule (kTunnel or kDirect).
+  std::optional<RouteKind> exec_route;
+  AppView app() const { return {cgroup_path, comm, exe, app_id, uid}; }
   // The flow is a VPN client's own carrier (its first datagram is a WireGuard handshake
   // initiation from a root-owned socket, vpn_carrier.hpp): it goes direct, before any rule.
   bool vpn_carrier = false;
@@ -131,9 +137,14 @@ struct RuleSet : RuleSpec {
   RuleMatch match_name(const SessionInfo& client, std::string_view name) const;
 
   std::size_t invalid_domains = 0;  // patterns build() skipped (config validates them first)
+  // Whether any app rule exists / needs the process (comm or path) rather than only the
+  // socket's cgroup and owner: identification does only as much as the rules need.
+  bool has_apps() const { return !apps.empty(); }
+  bool needs_process() const { return needs_process_; }
 
  private:
   bool built_ = false;
+  bool needs_process_ = false;
   PrefixTrie ip_index_;
   std::vector<std::string> ip_labels_;  // "ip 10.0.0.0/8", by rule index
   DomainMatcher domain_index_;

@@ -286,6 +286,7 @@ class Forwarder::Worker {
     ClientRef client;
     std::vector<std::uint8_t> wire;  // the client's query as sent
     Query q;
+    decider::SessionInfo info;  // the client, its app identified once
     QueryRoute route = QueryRoute::kTunnel;
     std::vector<IpAddress> servers;
     std::size_t next_server = 0;
@@ -564,6 +565,21 @@ class Forwarder::Worker {
     info.src_port = c.port;
     info.dst = c.server;
     info.dst_port = c.server_port;
+    // App rules (and exec) apply to a query like to a flow: the client socket's app.
+    if (const decider::Identifier* id = opts_.identifier; id != nullptr) {
+      const auto rules = decider_.rules();
+      if (rules->has_apps() || id->wanted()) {
+        decider::AppIdentity app = id->identify(info.protocol, info.src, info.src_port, info.dst, info.dst_port);
+        if (rules->needs_process()) id->find_process(app);
+        if (app.found) info.uid = app.uid;
+        info.pid = app.pid;
+        info.cgroup_path = std::move(app.cgroup_path);
+        info.comm = std::move(app.comm);
+        info.exe = std::move(app.exe);
+        info.app_id = std::move(app.app_id);
+        info.exec_route = app.exec_route;
+      }
+    }
     return info;
   }
 
@@ -594,7 +610,7 @@ class Forwarder::Worker {
       reply(c, make_response(wire, q, kRcodeNxdomain), &q);
       return;
     }
-    const decider::SessionInfo info = client_info(c);
+    decider::SessionInfo info = client_info(c);
     // The route kind of the name; each server's own family picks its interface below. A
     // side with only IPv6 (a tunnel without an IPv4 address) is still that side.
     IpAddress::Family family = IpAddress::Family::kV4;
@@ -621,6 +637,7 @@ class Forwarder::Worker {
     p->client = std::move(c);
     p->wire.assign(wire.begin(), wire.end());
     p->q = std::move(q);
+    p->info = std::move(info);
     p->route = qr;
     p->decided = std::move(route);
     p->decided_family = family;
@@ -636,7 +653,7 @@ class Forwarder::Worker {
 
   // Sends the query to the next server that has a route; SERVFAIL when none is left.
   void try_next(Pending& p) {
-    const decider::SessionInfo info = client_info(p.client);
+    const decider::SessionInfo& info = p.info;
     while (p.next_server < p.servers.size()) {
       const IpAddress server = p.servers[p.next_server++];
       decider::Route r = p.decided && server.family() == p.decided_family

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/expected.hpp"
+#include "decider/identifier.hpp"
 #include "common/ip_address.hpp"
 
 namespace splitd::decider {
@@ -34,6 +35,9 @@ struct ForwarderOptions {
   std::size_t max_tcp_queries = 64;  // in flight per TCP client connection
   std::chrono::milliseconds tcp_idle{10000};
   std::size_t threads = 0;  // workers; 0: one per CPU, at most 4
+  // Finds the app behind a query for app rules (and exec); nullptr: apps are not known.
+  // Must outlive the forwarder.
+  const decider::Identifier* identifier = nullptr;
 };
 
 // The upstream servers, by route. `direct` empty: the system's resolvers are used, which

@@ -4,6 +4,7 @@
 #include <span>
 
 #include "decider/decider.hpp"
+#include "decider/identifier.hpp"
 #include "proxy/session_table.hpp"
 
 namespace splitd::proxy {
@@ -23,13 +24,18 @@ struct FlowFacts {
 class Classifier {
  public:
   // `names` (may be nullptr) gives the listing a flow's name when no domain rule decided it.
-  explicit Classifier(const decider::Decider& decider, const decider::IpNames* names = nullptr)
-      : decider_(decider), names_(names) {}
+  // `identifier` (may be nullptr) finds the app behind the flow; it is asked only when an
+  // app rule exists or it says it is wanted (exec in use, a recent listing), and for the
+  // process (pid, comm, exe) only when a rule needs one.
+  explicit Classifier(const decider::RuleDecider& decider, const decider::IpNames* names = nullptr,
+                      const decider::Identifier* identifier = nullptr)
+      : decider_(decider), names_(names), identifier_(identifier) {}
   SessionSpec classify(const FlowFacts& flow) const;
 
  private:
-  const decider::Decider& decider_;
+  const decider::RuleDecider& decider_;
   const decider::IpNames* names_;
+  const decider::Identifier* identifier_;
 };
 
 }  // namespace splitd::proxy

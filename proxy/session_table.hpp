@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -36,7 +37,12 @@ struct AppInfo {
   std::string comm;
   std::string exe;
   std::string cgroup;
-  bool known() const { return pid != 0 || !cgroup.empty(); }
+  std::string unit;     // the deepest systemd .service/.scope of the cgroup
+  std::string app_id;   // the desktop application id of that unit
+  std::optional<std::uint32_t> uid;  // the socket's owner
+  std::uint64_t inode = 0;           // the client socket (to find the process later)
+  std::string how;      // how it was found: "sock_diag+cgroup+proc", "socket gone", ...
+  bool known() const { return pid != 0 || !cgroup.empty() || uid.has_value(); }
 };
 
 // The handle through which other threads end a worker's flows. A worker owns one for its

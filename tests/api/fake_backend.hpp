@@ -132,6 +132,22 @@ class FakeBackend : public Backend {
     m.dns.enabled = st_.dns_enabled;
     return m;
   }
+  Result<std::string> exec(const Caller& caller, std::int64_t pid, decider::RouteKind route) override {
+    std::lock_guard lock(mu_);
+    last_exec_ = {caller.uid, pid != 0 ? pid : caller.pid, route};
+    if (caller.uid != 0 && pid != 0 && pid != caller.pid) {
+      return unexpected(ApiError{403, "forbidden", "uid " + std::to_string(caller.uid) + " may move only its own processes"});
+    }
+    return std::string(route == decider::RouteKind::kDirect ? "/splitd-exec/direct" : "/splitd-exec/tunnel");
+  }
+  struct ExecCall {
+    std::int64_t uid = -1, pid = 0;
+    decider::RouteKind route = decider::RouteKind::kBlock;
+  };
+  ExecCall last_exec() const {
+    std::lock_guard lock(mu_);
+    return last_exec_;
+  }
   std::vector<DnsEntry> dns_cache() const override {
     std::lock_guard lock(mu_);
     ++dns_cache_calls_;
@@ -187,6 +203,7 @@ class FakeBackend : public Backend {
   mutable int connections_calls_ = 0;
   std::vector<DnsEntry> dns_entries_;
   mutable int dns_cache_calls_ = 0;
+  ExecCall last_exec_;
   int dns_flushes_ = 0;
   bool bump_on_read_ = false;
 };

@@ -101,7 +101,7 @@ TEST_F(HandlersTest, NotReady) {
 
 TEST_F(HandlersTest, NotFoundAndMethodNotAllowed) {
   for (auto t : {"/", "/api", "/api/v1", "/api/v1/", "/api/v1/status/", "/api/v2/status", "/api/v1/dns",
-                 "/api/v1/dns/cache/x", "/api/v1/dns/names", "/api/v1/exec", "/api/v1/split", "/api/v1/split/ips/"}) {
+                 "/api/v1/dns/cache/x", "/api/v1/dns/names", "/api/v1/exec/x", "/api/v1/split", "/api/v1/split/ips/"}) {
     auto r = call(verb::get, t);
     EXPECT_EQ(code(r), 404) << t;
     EXPECT_EQ(body(r)["error"], "not found");
@@ -136,10 +136,15 @@ TEST_F(HandlersTest, UnknownQueryParameters) {
 
 TEST_F(HandlersTest, ConnectionsListAndFilters) {
   auto a = session(1);
-  a.app = {1234, "firefox", "/usr/lib/firefox/firefox-bin", "/user.slice/user-1000.slice/app-Firefox-123.scope"};
+  a.app.pid = 1234;
+  a.app.comm = "firefox";
+  a.app.exe = "/usr/lib/firefox/firefox-bin";
+  a.app.cgroup = "/user.slice/user-1000.slice/app-Firefox-123.scope";
   a.domain = "example.com";
   auto b = session(2, decider::Protocol::kUdp, decider::RouteKind::kDirect);
-  b.app = {99, "curl", "/usr/bin/curl", ""};
+  b.app.pid = 99;
+  b.app.comm = "curl";
+  b.app.exe = "/usr/bin/curl";
   auto c = session(3, decider::Protocol::kTcp, decider::RouteKind::kBlock);
   c.route.matched = decider::MatchKind::kIp;
   c.route.rule = "ip 10.0.0.0/8";
@@ -293,13 +298,53 @@ TEST_F(HandlersTest, Domains) {
   EXPECT_EQ(code(call(verb::delete_, "/api/v1/split/domains/*.example.com")), 404);
 }
 
+TEST_F(HandlersTest, Exec) {
+  Caller me = nobody();
+  me.pid = 4321;
+  auto r = call(verb::post, "/api/v1/exec", R"({"route":"direct"})", "application/json", me);
+  ASSERT_EQ(code(r), 200) << detail(r);  // not a member of splitd: exec moves only its own processes
+  EXPECT_EQ(body(r)["cgroup"], "/splitd-exec/direct");
+  EXPECT_EQ(body(r)["pid"], 4321);
+  EXPECT_EQ(backend.last_exec().pid, 4321);
+  EXPECT_EQ(backend.last_exec().route, decider::RouteKind::kDirect);
+  r = call(verb::post, "/api/v1/exec", R"({"route":"tunnel","pid":"1"})", "application/json", me);
+  EXPECT_EQ(code(r), 403);
+  EXPECT_EQ(code(call(verb::post, "/api/v1/exec", R"({"route":"block"})", "application/json", me)), 400);
+  EXPECT_EQ(code(call(verb::post, "/api/v1/exec", R"({"route":"direct","pid":"-1"})", "application/json", me)), 400);
+  EXPECT_EQ(code(call(verb::post, "/api/v1/exec", R"({"route":"direct","pid":"x1"})", "application/json", me)), 400);
+  EXPECT_EQ(code(call(verb::post, "/api/v1/exec", R"({"route":"direct","pid":"99999999999"})", "application/json", me)), 400);
+  EXPECT_EQ(code(call(verb::post, "/api/v1/exec", R"({"pid":"1"})", "application/json", me)), 400);
+  EXPECT_EQ(code(call(verb::get, "/api/v1/exec")), 405);
+  // Other rules still need root or group splitd.
+  EXPECT_EQ(code(call(verb::post, "/api/v1/split/ips", R"({"cidr":"1.2.3.0/24"})", "application/json", me)), 403);
+  // Over TCP (with the token) there is no caller process to move.
+  const std::string token = "0123456789abcdef0123456789abcdef";
+  ctx.token = &token;
+  Caller tcp = root();
+  tcp.transport = Caller::Transport::kTcp;
+  ctx.caller = tcp;
+  Request req{verb::post, "/api/v1/exec", 11};
+  req.set(http::field::authorization, "Bearer " + token);
+  req.set(http::field::content_type, "application/json");
+  req.body() = R"({"route":"direct"})";
+  req.prepare_payload();
+  EXPECT_EQ(code(handle(req, ctx, backend)), 403);
+}
+
 TEST_F(HandlersTest, Apps) {
   auto r = call(verb::post, "/api/v1/split/apps", R"({"name":"Slack","comm":"slack"})");
   ASSERT_EQ(code(r), 201);
-  EXPECT_EQ(body(r)["apps"][0], json({{"name", "Slack"}, {"cgroup", ""}, {"comm", "slack"}, {"path", ""}}));
+  EXPECT_EQ(body(r)["apps"][0], json({{"name", "Slack"}, {"cgroup", ""}, {"comm", "slack"}, {"path", ""},
+                                       {"unit", ""}, {"app_id", ""}, {"user", ""}}));
+  r = call(verb::post, "/api/v1/split/apps", R"({"name":"Torrents","unit":"transmission-daemon.service","user":"root"})");
+  ASSERT_EQ(code(r), 201) << detail(r);
+  r = call(verb::post, "/api/v1/split/apps", R"({"name":"U","unit":"system.slice/x.service"})");
+  EXPECT_EQ(detail(r).rfind("unit: ", 0), 0u) << detail(r);
+  r = call(verb::post, "/api/v1/split/apps", R"({"name":"U","user":"no-such-user-splitd"})");
+  EXPECT_EQ(detail(r).rfind("user: no user", 0), 0u) << detail(r);
   EXPECT_EQ(code(call(verb::post, "/api/v1/split/apps", R"({"name":"Slack","comm":"slack"})")), 409);
   r = call(verb::post, "/api/v1/split/apps", R"({"name":"X"})");
-  EXPECT_EQ(detail(r), "give at least one of 'cgroup', 'comm', 'path'");
+  EXPECT_EQ(detail(r), "give at least one of 'cgroup', 'comm', 'path', 'unit', 'app_id', 'user'");
   r = call(verb::post, "/api/v1/split/apps", R"({"name":"X","path":"relative"})");
   EXPECT_EQ(detail(r).rfind("path: ", 0), 0u);
   r = call(verb::post, "/api/v1/split/apps", R"({"comm":"x"})");
@@ -486,7 +531,10 @@ TEST_F(HandlersTest, TcpNeedsToken) {
 
 TEST_F(HandlersTest, InvalidUtf8IsReplacedNotThrown) {
   auto s = session(1);
-  s.app = {1, "\xff\xfe", "/bin/\xc3", "/x"};
+  s.app.pid = 1;
+  s.app.comm = "\xff\xfe";
+  s.app.exe = "/bin/\xc3";
+  s.app.cgroup = "/x";
   backend.set_sessions({s});
   auto r = call(verb::get, "/api/v1/connections");
   ASSERT_EQ(code(r), 200);

@@ -20,7 +20,15 @@ proxy::SessionView view(std::mt19937& rng, const std::string& text) {
   s.route.rule = text;
   s.route.matched = static_cast<decider::MatchKind>(rng() % 4);
   s.domain = rng() % 2 ? text : "";
-  if (rng() % 2) s.app = {static_cast<std::int32_t>(rng() % 100000), text, "/usr/bin/" + text, "/user.slice/" + text};
+  if (rng() % 2) {
+    s.app.pid = static_cast<std::int32_t>(rng() % 100000);
+    s.app.comm = text;
+    s.app.exe = "/usr/bin/" + text;
+    s.app.cgroup = "/user.slice/" + text;
+    s.app.unit = text + ".scope";
+    s.app.uid = static_cast<std::uint32_t>(rng());
+    s.app.how = "sock_diag+cgroup";
+  }
   s.started_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(1700000000000LL + rng() % 100000000));
   s.idle = std::chrono::milliseconds(rng() % 1000000);
   s.bytes_sent = (static_cast<std::uint64_t>(rng()) << 32) | rng();

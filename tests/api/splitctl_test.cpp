@@ -98,6 +98,10 @@ class SplitctlTest : public ::testing::Test {
 
   Result run(std::vector<std::string> args, std::size_t width = 0, bool with_socket = true,
              const std::atomic<bool>* interrupted = nullptr) {
+    return run_with(std::move(args), width, with_socket, interrupted, {});
+  }
+  Result run_with(std::vector<std::string> args, std::size_t width, bool with_socket,
+                  const std::atomic<bool>* interrupted, std::function<int(const std::vector<std::string>&)> exec) {
     if (with_socket) {
       args.insert(args.begin(), sock());
       args.insert(args.begin(), "--socket");
@@ -111,6 +115,7 @@ class SplitctlTest : public ::testing::Test {
       return it == env_.end() ? std::nullopt : std::optional<std::string>(it->second);
     };
     io.interrupted = interrupted;
+    io.exec = std::move(exec);
     Result r;
     r.code = run_splitctl(std::move(args), io);
     r.out = out.str();
@@ -651,13 +656,34 @@ TEST_F(SplitctlTest, DnsFlush) {
   EXPECT_TRUE(contains(r.err, "this change needs root or membership of group splitd")) << r.err;
 }
 
-TEST_F(SplitctlTest, NotYetAvailableAndHelp) {
-  {
-    const auto r = run({"exec"});
-    EXPECT_EQ(r.code, 1);
-    EXPECT_TRUE(contains(r.err, "not available in this build yet")) << r.err;
+TEST_F(SplitctlTest, ExecAsksSplitdThenBecomesTheCommand) {
+  std::vector<std::string> ran;
+  const auto exec = [&ran](const std::vector<std::string>& argv) {
+    ran = argv;
+    return 42;  // what CMD "exits" with here
+  };
+  for (const auto& bad : std::vector<std::vector<std::string>>{
+           {"exec"}, {"exec", "--", "curl"}, {"exec", "--route", "block", "--", "curl"}, {"exec", "--route", "direct"}}) {
+    const auto r = run_with(bad, 0, true, nullptr, exec);
+    EXPECT_EQ(r.code, 1) << bad.size();
   }
   EXPECT_TRUE(api_.requests().empty());
+  EXPECT_TRUE(ran.empty());
+  api_.on_json("POST /api/v1/exec", 200, R"({"pid": 7, "route": "direct", "cgroup": "/splitd-exec/direct"})");
+  auto r = run_with({"exec", "--route", "direct", "--", "curl", "-s", "--route", "x"}, 0, true, nullptr, exec);
+  EXPECT_EQ(r.code, 42);
+  EXPECT_EQ(ran, (std::vector<std::string>{"curl", "-s", "--route", "x"}));
+  EXPECT_EQ(nlohmann::json::parse(only_request().body), nlohmann::json({{"route", "direct"}}));
+  // A refusal: the command never runs.
+  ran.clear();
+  api_.on_json("POST /api/v1/exec", 500, R"({"error": "unavailable", "detail": "splitd has no exec cgroups"})");
+  r = run_with({"exec", "--route", "tunnel", "--", "curl"}, 0, true, nullptr, exec);
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(ran.empty());
+  EXPECT_TRUE(contains(r.err, "no exec cgroups")) << r.err;
+}
+
+TEST_F(SplitctlTest, NotYetAvailableAndHelp) {
   {
     const auto r = run({"dns", "--help"});
     EXPECT_EQ(r.code, 0);

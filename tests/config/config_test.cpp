@@ -162,7 +162,7 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[dns]\nmax_names = 0\n", 2, 13, "dns.max_names: 0 is out of range (1 to 10000000)"},
         Bad{"proxy = 5\n", 1, 9, "'proxy' must be a table ([proxy]), got an integer"},
         Bad{"[[split.apps]]\ncomm = \"slack\"\n", 1, 1, "split.apps[0]: 'name' is required"},
-        Bad{"[[split.apps]]\nname = \"x\"\n", 1, 1, "split.apps[0]: give at least one of 'cgroup', 'comm', 'path'"},
+        Bad{"[[split.apps]]\nname = \"x\"\n", 1, 1, "split.apps[0]: give at least one of 'cgroup', 'comm', 'path', 'unit', 'app_id', 'user'"},
         Bad{"[proxy\nport = 1\n", 1, 7, "TOML syntax: Error while parsing table header: expected ']', saw '\\n'"}));
 
 TEST(Config, AllProblemsReportedAtOnce) {
@@ -215,12 +215,23 @@ TEST(Config, SharedChecksGiveTheFilesMessages) {
   EXPECT_EQ(*check_domain_pattern("*.Example.COM."), "*.example.com");
   EXPECT_EQ(parse_mode("inclusive").error(), "'inclusive' is not one of \"exclude\", \"include\"");
   EXPECT_EQ(*parse_mode("include"), decider::Mode::kInclude);
-  EXPECT_EQ(check_app({"x", "", "", ""}).error(), "give at least one of 'cgroup', 'comm', 'path'");
-  EXPECT_EQ(check_app({"", "", "slack", ""}).error(), "name: '' is not an app rule name (1 to 64 characters)");
-  EXPECT_EQ(check_app({"s", "", "averyveryverylongname", ""}).error(),
+  EXPECT_EQ(check_app({"x", "", "", "", "", "", ""}).error(), "give at least one of 'cgroup', 'comm', 'path', 'unit', 'app_id', 'user'");
+  EXPECT_EQ(check_app({"s", "", "", "", "a/b.service", "", ""}).error().substr(0, 6), "unit: ");
+  EXPECT_EQ(check_app({"s", "", "", "", "", "", "no-such-user-splitd"}).error(),
+            "user: no user 'no-such-user-splitd' on this system (give a user name or a uid)");
+  EXPECT_TRUE(check_app({"s", "", "", "", "transmission-daemon.service", "", ""}).has_value());
+  EXPECT_TRUE(check_app({"s", "", "", "", "", "firefox", ""}).has_value());
+  EXPECT_TRUE(check_app({"s", "", "", "", "", "", "root"}).has_value());
+  EXPECT_TRUE(check_app({"s", "", "", "", "", "", "1000"}).has_value());
+  EXPECT_EQ(*resolve_user("root"), 0u);
+  EXPECT_EQ(*resolve_user("4294967294"), 4294967294u);
+  EXPECT_FALSE(resolve_user("4294967295").has_value());
+  EXPECT_FALSE(resolve_user("").has_value());
+  EXPECT_EQ(check_app({"", "", "slack", "", "", "", ""}).error(), "name: '' is not an app rule name (1 to 64 characters)");
+  EXPECT_EQ(check_app({"s", "", "averyveryverylongname", "", "", "", ""}).error(),
             "comm: 'averyveryverylongname' is not a process name (1 to 15 characters, as in /proc/PID/comm)");
-  EXPECT_EQ(check_app({"s", "", "", "usr/bin/x"}).error(), "path: 'usr/bin/x' must be an absolute path");
-  EXPECT_TRUE(check_app({"Slack", "", "slack", "/usr/bin/slack"}).has_value());
+  EXPECT_EQ(check_app({"s", "", "", "usr/bin/x", "", "", ""}).error(), "path: 'usr/bin/x' must be an absolute path");
+  EXPECT_TRUE(check_app({"Slack", "", "slack", "/usr/bin/slack", "", "", ""}).has_value());
 }
 
 }  // namespace

@@ -18,7 +18,7 @@ config::SplitSection base() {
   s.mode = decider::Mode::kExclude;
   s.domains = {"*.local"};
   s.ips = {*Cidr::parse("10.0.0.0/8"), *Cidr::parse("192.168.0.0/16")};
-  s.apps = {{"Slack", "", "slack", ""}};
+  s.apps = {{"Slack", "", "slack", "", "", "", ""}};
   return s;
 }
 
@@ -48,7 +48,7 @@ TEST(RuleStore, EditsCombineWithTheConfigAndPersist) {
     EXPECT_EQ(store.remove_ip(*Cidr::parse("10.0.0.0/8")).error().status, 404);
     ASSERT_TRUE(store.add_domain("*.example.com"));
     ASSERT_TRUE(store.remove_app("Slack"));
-    ASSERT_TRUE(store.add_app({"Zoom", "", "zoom", ""}));
+    ASSERT_TRUE(store.add_app({"Zoom", "", "zoom", "", "", "", ""}));
     ASSERT_TRUE(store.set_mode(decider::Mode::kInclude));
     const auto eff = store.effective();
     EXPECT_EQ(eff.mode, decider::Mode::kInclude);

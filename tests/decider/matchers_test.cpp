@@ -181,15 +181,87 @@ TEST(GlobMatch, Segments) {
   EXPECT_FALSE(glob_match("a*b*c", "axxbyy"));
 }
 
+AppSpec app_rule(std::string name, std::string cgroup, std::string comm, std::string path) {
+  AppSpec a;
+  a.name = std::move(name);
+  a.cgroup = std::move(cgroup);
+  a.comm = std::move(comm);
+  a.path = std::move(path);
+  return a;
+}
+
+bool matches(const AppSpec& rule, std::string_view cgroup, std::string_view comm, std::string_view exe,
+             std::string_view app_id = {}, std::optional<std::uint32_t> uid = std::nullopt) {
+  return app_matches(rule, AppView{cgroup, comm, exe, app_id, uid});
+}
+
 TEST(AppMatches, AnyGivenFieldMatches) {
-  const AppSpec slack{"Slack", "user.slice/**/app-slack-*.scope", "slack", "/usr/lib/slack/slack"};
-  EXPECT_TRUE(app_matches(slack, "/user.slice/u/app.slice/app-slack-1.scope", "", ""));
-  EXPECT_TRUE(app_matches(slack, "", "slack", ""));
-  EXPECT_TRUE(app_matches(slack, "", "", "/usr/lib/slack/slack"));
-  EXPECT_FALSE(app_matches(slack, "", "", ""));
-  EXPECT_FALSE(app_matches(slack, "/system.slice/x.service", "bash", "/bin/bash"));
-  const AppSpec empty{"Nothing", "", "", ""};
-  EXPECT_FALSE(app_matches(empty, "/a", "", ""));  // empty fields never match
+  const AppSpec slack = app_rule("Slack", "user.slice/**/app-slack-*.scope", "slack", "/usr/lib/slack/slack");
+  EXPECT_TRUE(matches(slack, "/user.slice/u/app.slice/app-slack-1.scope", "", ""));
+  EXPECT_TRUE(matches(slack, "", "slack", ""));
+  EXPECT_TRUE(matches(slack, "", "", "/usr/lib/slack/slack"));
+  EXPECT_FALSE(matches(slack, "", "", ""));
+  EXPECT_FALSE(matches(slack, "/system.slice/x.service", "bash", "/bin/bash"));
+  const AppSpec empty = app_rule("Nothing", "", "", "");
+  EXPECT_FALSE(matches(empty, "/a", "", ""));  // empty fields never match
+  EXPECT_FALSE(matches(empty, "", "", "", "firefox", 1000u));
+}
+
+TEST(AppMatches, UnitGlobsAnyUnitOfThePath) {
+  AppSpec t = app_rule("Torrents", "", "", "");
+  t.unit = "transmission-daemon.service";
+  EXPECT_TRUE(matches(t, "/system.slice/transmission-daemon.service", "", ""));
+  EXPECT_FALSE(matches(t, "/system.slice/transmission-daemon.service.d", "", ""));
+  EXPECT_FALSE(matches(t, "/system.slice/other.service", "", ""));
+  AppSpec ff = app_rule("Firefox", "", "", "");
+  ff.unit = "app-*firefox*.scope";
+  EXPECT_TRUE(matches(ff, "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-firefox-1234.scope", "", ""));
+  EXPECT_TRUE(matches(ff, "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.mozilla.firefox-9.scope", "", ""));
+  AppSpec user_manager = app_rule("UserManager", "", "", "");
+  user_manager.unit = "user@*.service";  // an outer unit of the path matches too
+  EXPECT_TRUE(matches(user_manager, "/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope", "", ""));
+  EXPECT_FALSE(matches(user_manager, "/system.slice/sshd.service", "", ""));
+}
+
+TEST(AppMatches, AppIdWholeOrLastLabelAnyCase) {
+  AppSpec ff = app_rule("Firefox", "", "", "");
+  ff.app_id = "firefox";
+  EXPECT_TRUE(matches(ff, "", "", "", "firefox"));
+  EXPECT_TRUE(matches(ff, "", "", "", "org.mozilla.firefox"));
+  EXPECT_TRUE(matches(ff, "", "", "", "Firefox"));
+  EXPECT_FALSE(matches(ff, "", "", "", "firefox-esr"));
+  EXPECT_FALSE(matches(ff, "", "", "", "org.mozilla.thunderbird"));
+  EXPECT_FALSE(matches(ff, "", "", "", ""));
+  AppSpec gnome = app_rule("Gnome", "", "", "");
+  gnome.app_id = "org.gnome.*";
+  EXPECT_TRUE(matches(gnome, "", "", "", "org.gnome.Terminal"));
+  EXPECT_FALSE(matches(gnome, "", "", "", "org.kde.konsole"));
+  EXPECT_TRUE(app_id_matches("konsole", "org.kde.konsole"));
+  EXPECT_FALSE(app_id_matches("", "org.kde.konsole"));
+}
+
+TEST(AppMatches, UserByUid) {
+  AppSpec u = app_rule("Alice", "", "", "");
+  u.user = "alice";
+  u.uid = 1000;
+  EXPECT_TRUE(matches(u, "", "", "", "", 1000u));
+  EXPECT_FALSE(matches(u, "", "", "", "", 1001u));
+  EXPECT_FALSE(matches(u, "", "", "", "", std::nullopt));  // the owner is not known
+  AppSpec unresolved = app_rule("Gone", "", "", "");
+  unresolved.user = "gone";  // a user removed since: matches nobody
+  EXPECT_FALSE(matches(unresolved, "", "", "", "", 0u));
+}
+
+TEST(ForEachUnit, DeepestFirstAndOnlyUnits) {
+  std::vector<std::string> seen;
+  for_each_unit("/user.slice/user-1000.slice/user@1000.service/app.slice/app-x-1.scope/sub", [&](std::string_view u) {
+    seen.emplace_back(u);
+    return false;
+  });
+  EXPECT_EQ(seen, (std::vector<std::string>{"app-x-1.scope", "app.slice", "user@1000.service", "user-1000.slice",
+                                            "user.slice"}));
+  EXPECT_FALSE(is_unit_component(".scope"));
+  EXPECT_TRUE(is_unit_component("a.scope"));
 }
 
 }  // namespace

@@ -44,9 +44,16 @@ RuleSpec main_spec(Mode mode) {
   }
   s.domains = {"example.com",         "*.example.com", "*.x.com",       "exact.org",
                "*.cdn.*.example.net", "a.*.example.io", "Upper.COM.",   "xn--bcher-kva.example"};
-  s.apps = {{"Slack", "user.slice/*/app.slice/app-slack-*.scope", "slack", "/usr/lib/slack/slack"},
-            {"Firefox", "", "firefox", ""},
-            {"Deep", "system.slice/**/deep.scope", "", ""}};
+  const auto app = [](const char* name, const char* cgroup, const char* comm, const char* path) {
+    AppSpec a;
+    a.name = name;
+    a.cgroup = cgroup;
+    a.comm = comm;
+    a.path = path;
+    return a;
+  };
+  s.apps = {app("Slack", "user.slice/*/app.slice/app-slack-*.scope", "slack", "/usr/lib/slack/slack"),
+            app("Firefox", "", "firefox", ""), app("Deep", "system.slice/**/deep.scope", "", "")};
   return s;
 }
 
