@@ -106,6 +106,24 @@ std::string seconds_of_us(std::uint32_t us) {
   return out;
 }
 
+// App identification (cgroup/): what finding each flow's app found.
+void app_metrics(Writer& w, const AppMetrics& a) {
+  scalar(w, "splitd_apps_enabled", "gauge", "1 while apps can be identified (a cgroup2 hierarchy was found).",
+         a.enabled ? 1 : 0);
+  if (!a.enabled) return;
+  w.family("splitd_app_identifications_total", "counter",
+           "Flows and DNS queries whose app was looked up (sock_diag), by outcome.");
+  for (const auto& [result, v] : {std::pair{"found", a.identified}, {"socket_gone", a.socket_gone}, {"failed", a.failed}}) {
+    w.sample("splitd_app_identifications_total", {{"result", result}}, v);
+  }
+  scalar(w, "splitd_app_cgroup_unknown_total", "counter", "Sockets found whose cgroup id had no known path.", a.no_path);
+  w.family("splitd_app_process_lookups_total", "counter", "Lookups of a flow's process (comm/path rules, listings).");
+  w.sample("splitd_app_process_lookups_total", {{"result", "found"}}, a.processes);
+  w.sample("splitd_app_process_lookups_total", {{"result", "not_found"}}, a.no_process);
+  scalar(w, "splitd_app_cgroups", "gauge", "cgroups in splitd's map of the cgroup2 hierarchy.", a.cgroups);
+  scalar(w, "splitd_app_execs_total", "counter", "Processes moved into an exec cgroup (POST /api/v1/exec).", a.execs);
+}
+
 // The DNS capture's families; all but splitd_dns_enabled only while it is on.
 void dns_metrics(Writer& w, const DnsMetrics& d) {
   scalar(w, "splitd_dns_enabled", "gauge", "1 while DNS capture is on (dns.enabled).", d.enabled ? 1 : 0);
@@ -243,6 +261,8 @@ std::string metrics_text(const MetricsSnapshot& m, const ApiStats& api) {
   scalar(w, "splitd_vpn_servers", "gauge", "VPN servers whose traffic is never intercepted.", d.vpn_servers);
 
   dns_metrics(w, m.dns);
+
+  app_metrics(w, m.apps);
 
   w.family("splitd_api_requests_total", "counter", "API requests answered, by status code.");
   for (std::size_t i = 0; i < ApiStats::kCodes.size(); ++i) {

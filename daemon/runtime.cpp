@@ -1,6 +1,7 @@
 #include "daemon/runtime.hpp"
 
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -384,8 +385,18 @@ void Runtime::stop() {
 void Runtime::start_identification() {
   auto mount = cgroup::cgroup2_mount();
   if (!mount) {
-    log::warn("apps: ", mount.error().message(), "; app rules and `splitctl exec` will match nothing");
-    return;
+    // No cgroup2 where this process looks (a cgroup v1 host, or a mount namespace with a
+    // fresh /sys such as `ip netns exec` makes): mount the hierarchy privately for splitd.
+    const std::string own = cfg_.daemon.state_dir + "/cgroup2";
+    if (auto made = make_dirs(own); made && ::mount("cgroup2", own.c_str(), "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) == 0) {
+      log::info("apps: no cgroup2 mounted here; mounted it at ", own);
+      mount = own;
+      stack_.push("cgroup2 mount", [own] { ::umount2(own.c_str(), MNT_DETACH); });
+    } else {
+      log::warn("apps: ", mount.error().message(), " (and mounting one at ", own, " failed: ", std::strerror(errno),
+                "); app rules and `splitctl exec` will match nothing");
+      return;
+    }
   }
   auto map = cgroup::CgroupMap::open(*mount);
   if (!map) {

@@ -41,6 +41,11 @@ std::string with_lab_paths(const lab::Lab& lab, const std::string& config, const
   if (config.find("state_dir") == std::string::npos) {
     paths += "state_dir = \"" + lab.state_dir() + "/" + name + "-state\"\n";
   }
+  if (config.find("exec_cgroup") == std::string::npos) {
+    // Every lab's splitd has its own exec cgroups (cgroups are not per network namespace);
+    // splitd removes them when it stops.
+    paths += "exec_cgroup = \"/splitd-lab-" + lab.id() + "-" + name + "\"\n";
+  }
   if (config.find("api_token_file") == std::string::npos) {
     paths += "api_token_file = \"" + lab.state_dir() + "/" + name + ".token\"\n";
   }
