@@ -227,9 +227,26 @@ std::optional<ProcessInfo> ProcessFinder::owner(std::string_view cgroup_path, st
   if (socket_inode != 0) {
     const std::string target = "socket:[" + std::to_string(socket_inode) + "]";
     std::size_t budget = options_.fd_budget;
+    std::int32_t hint = 0;
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = last_owner_.find(std::string(cgroup_path)); it != last_owner_.end()) hint = it->second;
+    }
+    const auto found = [&](std::int32_t pid, std::uint64_t start) {
+      std::lock_guard lock(mu_);
+      if (last_owner_.size() >= options_.cache_entries) last_owner_.clear();
+      last_owner_[std::string(cgroup_path)] = pid;
+      return start;
+    };
+    if (hint != 0) {
+      for (const auto& [start, pid] : procs) {
+        if (pid == hint && holds_socket(pid, target, budget)) return info_at(pid, found(pid, start));
+      }
+    }
     for (const auto& [start, pid] : procs) {
       if (budget == 0) break;
-      if (holds_socket(pid, target, budget)) return info_at(pid, start);
+      if (pid == hint) continue;
+      if (holds_socket(pid, target, budget)) return info_at(pid, found(pid, start));
     }
     return std::nullopt;
   }

@@ -103,7 +103,10 @@ class ProcessFinder {
   const std::string proc_root_;
   const Options options_;
 
-  mutable std::mutex mu_;  // guards the cache and stats
+  mutable std::mutex mu_;  // guards the cache, the last owners and stats
+  // The process that held the last socket found in each cgroup, tried first: an app that
+  // opens many connections (a browser) is found with one scan of its own fds. Bounded.
+  std::unordered_map<std::string, std::int32_t> last_owner_;
   std::unordered_map<Key, Entry, KeyHash> cache_;
   std::deque<std::pair<Key, std::uint64_t>> order_;  // insertion order, for evicting the oldest
   std::uint64_t next_generation_ = 0;

@@ -1,5 +1,7 @@
 #include "tests/e2e/splitd_process.hpp"
 
+#include "cgroup/hierarchy.hpp"
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -87,6 +89,9 @@ std::unique_ptr<SplitdProcess> SplitdProcess::start(const lab::Lab& lab, const s
     _exit(127);
   }
   std::unique_ptr<SplitdProcess> p(new SplitdProcess(pid, log_path));
+  if (config.find("exec_cgroup") == std::string::npos) {
+    if (auto mount = cgroup::cgroup2_mount()) p->exec_cgroup_ = *mount + "/splitd-lab-" + lab.id() + "-" + name;
+  }
   const auto deadline = std::chrono::steady_clock::now() + 5s;
   while (std::chrono::steady_clock::now() < deadline) {
     if (p->log().find(" ready: ") != std::string::npos) return p;
@@ -102,7 +107,18 @@ std::unique_ptr<SplitdProcess> SplitdProcess::start(const lab::Lab& lab, const s
 }
 
 SplitdProcess::~SplitdProcess() {
-  if (!reaped_) kill_hard();
+  if (reaped_) return;  // it stopped by itself and removed its exec cgroups
+  kill_hard();
+  // A splitd killed cannot remove its exec cgroups: the test does (processes a test left
+  // there are killed first).
+  if (!exec_cgroup_.empty()) {
+    for (const char* leaf : {"/direct", "/tunnel", ""}) {
+      const std::string dir = exec_cgroup_ + leaf;
+      std::ifstream procs(dir + "/cgroup.procs");
+      for (pid_t p; procs >> p;) ::kill(p, SIGKILL);
+      for (int i = 0; i < 50 && ::rmdir(dir.c_str()) != 0 && errno == EBUSY; ++i) std::this_thread::sleep_for(20ms);
+    }
+  }
 }
 
 void SplitdProcess::signal(int sig) const { ::kill(pid_, sig); }

@@ -38,6 +38,7 @@ class SplitdProcess {
   SplitdProcess(pid_t pid, std::string log_path) : pid_(pid), log_path_(std::move(log_path)) {}
   pid_t pid_;
   std::string log_path_;
+  std::string exec_cgroup_;  // the exec cgroups splitd made (absolute): removed if it could not
   bool reaped_ = false;
 };
 
