@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <cerrno>
 #include <optional>
 
 #include "cgroup/sock_diag.hpp"
@@ -64,18 +65,13 @@ void Identifier::refresh() {
   }
 }
 
-decider::AppIdentity Identifier::identify(decider::Protocol protocol, const IpAddress& local,
-                                          std::uint16_t local_port, const IpAddress& remote,
-                                          std::uint16_t remote_port) const {
-  decider::AppIdentity app;
+Expected<SocketIdentity, DiagError> lookup_socket(bool tcp, const IpAddress& local, std::uint16_t local_port,
+                                                  const IpAddress& remote, std::uint16_t remote_port) {
   const IpAddress l = local.unmapped();
   const IpAddress r = remote.unmapped();
-  if (l.family() != r.family()) {
-    app.how = "no identification (mixed families)";
-    return app;
-  }
+  if (l.family() != r.family()) return unexpected(DiagError{DiagErrc::kMalformed, 0});
   SocketQuery q;
-  q.tcp = protocol == decider::Protocol::kTcp;
+  q.tcp = tcp;
   q.family = l.family() == IpAddress::Family::kV4 ? AF_INET : AF_INET6;
   q.local_addr = bytes_of(l);
   q.local_port = local_port;
@@ -85,50 +81,52 @@ decider::AppIdentity Identifier::identify(decider::Protocol protocol, const IpAd
   std::array<std::uint8_t, 128> req{};
   const std::uint32_t seq = sock != nullptr ? sock->next_seq() : 0;
   const std::size_t len = sock != nullptr ? build_request(q, seq, req) : 0;
-  if (len == 0 || !sock->send({req.data(), len})) {
-    failed_.fetch_add(1, std::memory_order_relaxed);
-    app.how = "no identification (sock_diag unavailable)";
-    return app;
-  }
+  if (len == 0 || !sock->send({req.data(), len})) return unexpected(DiagError{DiagErrc::kKernel, EIO});
   // The kernel answers an exact lookup inside sendmsg; skip stale replies of an earlier
   // lookup that timed out (their seq differs), bounded.
   for (int tries = 0; tries < 4; ++tries) {
-    auto dg = sock->receive(std::chrono::milliseconds(tries == 0 ? 0 : 50));
+    auto dg = tries == 0 ? sock->try_receive() : sock->receive(std::chrono::milliseconds(50));
     if (!dg || dg->empty()) break;
     auto id = parse_reply(*dg, seq);
     if (!id && id.error().code == DiagErrc::kUnexpectedSeq) continue;
-    if (!id) {
-      if (id.error().code == DiagErrc::kNoSocket) {
-        socket_gone_.fetch_add(1, std::memory_order_relaxed);
-        app.how = "socket gone";
-      } else {
-        failed_.fetch_add(1, std::memory_order_relaxed);
-        app.how = "no identification (" + id.error().message() + ")";
-      }
-      return app;
-    }
-    app.found = true;
-    app.uid = id->uid;
-    app.inode = id->inode;
-    app.cgroup_id = id->cgroup_id;
-    identified_.fetch_add(1, std::memory_order_relaxed);
-    app.how = "sock_diag";
-    if (id->cgroup_id != 0) {
-      if (auto path = map_->path_of(id->cgroup_id)) {
-        app.cgroup_path = std::move(*path);
-        Units u = parse_units(app.cgroup_path);
-        app.unit = std::move(u.unit);
-        app.app_id = std::move(u.app_id);
-        app.how = "sock_diag+cgroup";
-      } else {
-        no_path_.fetch_add(1, std::memory_order_relaxed);
-      }
-      if (exec_) app.exec_route = route_kind(exec_->route_of(id->cgroup_id, app.cgroup_path));
+    return id;
+  }
+  return unexpected(DiagError{DiagErrc::kKernel, ETIMEDOUT});
+}
+
+decider::AppIdentity Identifier::identify(decider::Protocol protocol, const IpAddress& local,
+                                          std::uint16_t local_port, const IpAddress& remote,
+                                          std::uint16_t remote_port) const {
+  decider::AppIdentity app;
+  auto id = lookup_socket(protocol == decider::Protocol::kTcp, local, local_port, remote, remote_port);
+  if (!id) {
+    if (id.error().code == DiagErrc::kNoSocket) {
+      socket_gone_.fetch_add(1, std::memory_order_relaxed);
+      app.how = "socket gone";
+    } else {
+      failed_.fetch_add(1, std::memory_order_relaxed);
+      app.how = "no identification (" + id.error().message() + ")";
     }
     return app;
   }
-  failed_.fetch_add(1, std::memory_order_relaxed);
-  app.how = "no identification (no sock_diag reply)";
+  app.found = true;
+  app.uid = id->uid;
+  app.inode = id->inode;
+  app.cgroup_id = id->cgroup_id;
+  identified_.fetch_add(1, std::memory_order_relaxed);
+  app.how = "sock_diag";
+  if (id->cgroup_id != 0) {
+    if (auto path = map_->path_of(id->cgroup_id)) {
+      app.cgroup_path = std::move(*path);
+      Units u = parse_units(app.cgroup_path);
+      app.unit = std::move(u.unit);
+      app.app_id = std::move(u.app_id);
+      app.how = "sock_diag+cgroup";
+    } else {
+      no_path_.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (exec_) app.exec_route = route_kind(exec_->route_of(id->cgroup_id, app.cgroup_path));
+  }
   return app;
 }
 

@@ -9,9 +9,16 @@
 #include "cgroup/cgroup_map.hpp"
 #include "cgroup/exec_cgroups.hpp"
 #include "cgroup/process_finder.hpp"
+#include "cgroup/sock_diag.hpp"
 #include "decider/identifier.hpp"
 
 namespace splitd::cgroup {
+
+// The owner of one local socket by its 4-tuple (`local` = the socket's own address), with
+// one exact NETLINK_SOCK_DIAG request on the calling thread's own netlink socket (opened on
+// first use in that thread's network namespace). kNoSocket: none (closed already).
+Expected<SocketIdentity, DiagError> lookup_socket(bool tcp, const IpAddress& local, std::uint16_t local_port,
+                                                  const IpAddress& remote, std::uint16_t remote_port);
 
 // The app behind a flow, for the proxies' classifier: one exact SOCK_DIAG_BY_FAMILY request
 // on the client socket's 4-tuple (uid, inode, cgroup id; each calling thread keeps its own

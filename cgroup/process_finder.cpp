@@ -211,6 +211,19 @@ bool ProcessFinder::holds_socket(std::int32_t pid, std::string_view target, std:
 }
 
 std::optional<ProcessInfo> ProcessFinder::owner(std::string_view cgroup_path, std::uint64_t socket_inode) {
+  // The process that held this cgroup's last socket first, before listing the cgroup at
+  // all: an app opening many connections (a browser, a load generator in a crowded cgroup)
+  // costs one scan of its own fds.
+  std::int32_t hint = 0;
+  const std::string target = socket_inode != 0 ? "socket:[" + std::to_string(socket_inode) + "]" : std::string();
+  if (socket_inode != 0) {
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = last_owner_.find(std::string(cgroup_path)); it != last_owner_.end()) hint = it->second;
+    }
+    std::size_t budget = options_.fd_budget;
+    if (hint != 0 && holds_socket(hint, target, budget)) return info(hint);
+  }
   const std::vector<std::int32_t> list = pids(cgroup_path);
   if (list.empty()) return std::nullopt;
   if (list.size() == 1) return info(list.front());
@@ -225,24 +238,13 @@ std::optional<ProcessInfo> ProcessFinder::owner(std::string_view cgroup_path, st
   if (procs.empty()) return std::nullopt;
 
   if (socket_inode != 0) {
-    const std::string target = "socket:[" + std::to_string(socket_inode) + "]";
     std::size_t budget = options_.fd_budget;
-    std::int32_t hint = 0;
-    {
-      std::lock_guard lock(mu_);
-      if (auto it = last_owner_.find(std::string(cgroup_path)); it != last_owner_.end()) hint = it->second;
-    }
     const auto found = [&](std::int32_t pid, std::uint64_t start) {
       std::lock_guard lock(mu_);
       if (last_owner_.size() >= options_.cache_entries) last_owner_.clear();
       last_owner_[std::string(cgroup_path)] = pid;
       return start;
     };
-    if (hint != 0) {
-      for (const auto& [start, pid] : procs) {
-        if (pid == hint && holds_socket(pid, target, budget)) return info_at(pid, found(pid, start));
-      }
-    }
     for (const auto& [start, pid] : procs) {
       if (budget == 0) break;
       if (pid == hint) continue;

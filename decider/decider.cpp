@@ -1,5 +1,7 @@
 #include "decider/decider.hpp"
 
+#include "decider/identifier.hpp"
+
 #include <algorithm>
 #include <array>
 
@@ -248,6 +250,20 @@ Route RuleDecider::decide(const SessionInfo& info) const {
   r.matched = m.kind;
   r.domain = std::move(m.domain);
   return r;
+}
+
+std::optional<AppIdentity> identify_client(const Identifier* identifier, const RuleSet& rules, SessionInfo& info) {
+  if (identifier == nullptr || !(rules.has_apps() || identifier->wanted())) return std::nullopt;
+  AppIdentity app = identifier->identify(info.protocol, info.src, info.src_port, info.dst, info.dst_port);
+  if (rules.needs_process()) identifier->find_process(app);
+  if (app.found) info.uid = app.uid;
+  info.pid = app.pid;
+  info.cgroup_path = app.cgroup_path;
+  info.comm = app.comm;
+  info.exe = app.exe;
+  info.app_id = app.app_id;
+  info.exec_route = app.exec_route;
+  return app;
 }
 
 Route RuleDecider::decide_name(const SessionInfo& client, std::string_view name,

@@ -45,4 +45,10 @@ class Identifier {
   virtual void find_process(AppIdentity& app) const = 0;
 };
 
+// The one gate for both proxies and the DNS forwarder: looks up the app of `info`'s client
+// (info.src:src_port → info.dst:dst_port) when `rules` has app rules or `identifier` wants
+// it, the process only when the rules need one, and fills info's app fields. nullopt: not
+// looked up (no identifier, not wanted).
+std::optional<AppIdentity> identify_client(const Identifier* identifier, const RuleSet& rules, SessionInfo& info);
+
 }  // namespace splitd::decider

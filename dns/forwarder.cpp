@@ -566,20 +566,7 @@ class Forwarder::Worker {
     info.dst = c.server;
     info.dst_port = c.server_port;
     // App rules (and exec) apply to a query like to a flow: the client socket's app.
-    if (const decider::Identifier* id = opts_.identifier; id != nullptr) {
-      const auto rules = decider_.rules();
-      if (rules->has_apps() || id->wanted()) {
-        decider::AppIdentity app = id->identify(info.protocol, info.src, info.src_port, info.dst, info.dst_port);
-        if (rules->needs_process()) id->find_process(app);
-        if (app.found) info.uid = app.uid;
-        info.pid = app.pid;
-        info.cgroup_path = std::move(app.cgroup_path);
-        info.comm = std::move(app.comm);
-        info.exe = std::move(app.exe);
-        info.app_id = std::move(app.app_id);
-        info.exec_route = app.exec_route;
-      }
-    }
+    decider::identify_client(opts_.identifier, *decider_.rules(), info);
     return info;
   }
 

@@ -26,28 +26,17 @@ SessionSpec Classifier::classify(const FlowFacts& flow) const {
   SessionSpec spec;
   // The app: only as far as the rules need it (nothing at all without app rules, unless
   // exec is in use or a listing asked), the process only for comm/path rules.
-  if (identifier_ != nullptr && !info.vpn_carrier) {
-    const auto rules = decider_.rules();
-    if (rules->has_apps() || identifier_->wanted()) {
-      decider::AppIdentity id = identifier_->identify(flow.protocol, flow.client.address, flow.client.port,
-                                                      flow.destination.address, flow.destination.port);
-      if (rules->needs_process()) identifier_->find_process(id);
-      if (id.found) info.uid = id.uid;
-      info.pid = id.pid;
-      info.cgroup_path = id.cgroup_path;
-      info.comm = id.comm;
-      info.exe = id.exe;
-      info.app_id = id.app_id;
-      info.exec_route = id.exec_route;
-      spec.app.pid = id.pid;
-      spec.app.comm = std::move(id.comm);
-      spec.app.exe = std::move(id.exe);
-      spec.app.cgroup = std::move(id.cgroup_path);
-      spec.app.unit = std::move(id.unit);
-      spec.app.app_id = std::move(id.app_id);
-      if (id.found) spec.app.uid = id.uid;
-      spec.app.inode = id.inode;
-      spec.app.how = std::move(id.how);
+  if (!info.vpn_carrier) {
+    if (auto id = decider::identify_client(identifier_, *decider_.rules(), info)) {
+      spec.app.pid = id->pid;
+      spec.app.comm = std::move(id->comm);
+      spec.app.exe = std::move(id->exe);
+      spec.app.cgroup = std::move(id->cgroup_path);
+      spec.app.unit = std::move(id->unit);
+      spec.app.app_id = std::move(id->app_id);
+      if (id->found) spec.app.uid = id->uid;
+      spec.app.inode = id->inode;
+      spec.app.how = std::move(id->how);
     }
   }
   spec.protocol = flow.protocol;
