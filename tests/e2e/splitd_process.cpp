@@ -106,20 +106,7 @@ std::unique_ptr<SplitdProcess> SplitdProcess::start(const lab::Lab& lab, const s
   throw std::runtime_error("splitd not ready after 5 s:\n" + p->log());
 }
 
-SplitdProcess::~SplitdProcess() {
-  if (reaped_) return;  // it stopped by itself and removed its exec cgroups
-  kill_hard();
-  // A splitd killed cannot remove its exec cgroups: the test does (processes a test left
-  // there are killed first).
-  if (!exec_cgroup_.empty()) {
-    for (const char* leaf : {"/direct", "/tunnel", ""}) {
-      const std::string dir = exec_cgroup_ + leaf;
-      std::ifstream procs(dir + "/cgroup.procs");
-      for (pid_t p; procs >> p;) ::kill(p, SIGKILL);
-      for (int i = 0; i < 50 && ::rmdir(dir.c_str()) != 0 && errno == EBUSY; ++i) std::this_thread::sleep_for(20ms);
-    }
-  }
-}
+SplitdProcess::~SplitdProcess() { kill_hard(); }
 
 void SplitdProcess::signal(int sig) const { ::kill(pid_, sig); }
 
@@ -145,6 +132,16 @@ void SplitdProcess::kill_hard() {
   int status = 0;
   ::waitpid(pid_, &status, 0);
   reaped_ = true;
+  // A splitd killed cannot remove its exec cgroups: the test does (processes a test left
+  // there are killed first). One that stopped by itself removed them already.
+  if (!exec_cgroup_.empty()) {
+    for (const char* leaf : {"/direct", "/tunnel", ""}) {
+      const std::string dir = exec_cgroup_ + leaf;
+      std::ifstream procs(dir + "/cgroup.procs");
+      for (pid_t p; procs >> p;) ::kill(p, SIGKILL);
+      for (int i = 0; i < 50 && ::rmdir(dir.c_str()) != 0 && errno == EBUSY; ++i) std::this_thread::sleep_for(20ms);
+    }
+  }
 }
 
 std::string SplitdProcess::log() const {
