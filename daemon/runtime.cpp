@@ -767,9 +767,11 @@ std::vector<proxy::SessionView> Runtime::connections() const {
     if (a.pid != 0 || a.cgroup.empty() || a.inode == 0) continue;
     auto it = owners.find(a.cgroup);
     if (it == owners.end()) it = owners.emplace(a.cgroup, identifier_->processes().socket_owners(a.cgroup)).first;
-    std::optional<cgroup::ProcessInfo> p;
-    if (auto o = it->second.find(a.inode); o != it->second.end()) p = identifier_->processes().info(o->second);
-    if (!p) p = identifier_->processes().owner(a.cgroup, a.inode);
+    // The scan of the cgroup saw every socket its processes hold: an inode it did not see
+    // is gone, and asking owner() per flow would only scan the cgroup again.
+    const auto o = it->second.find(a.inode);
+    if (o == it->second.end()) continue;
+    auto p = identifier_->processes().info(o->second);
     if (!p) continue;
     a.pid = p->pid;
     a.comm = p->comm;
