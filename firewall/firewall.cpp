@@ -5,7 +5,13 @@
 #include <linux/rtnetlink.h>
 #include <sys/socket.h>
 
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <utility>
 
 #include "common/log.hpp"
 #include "firewall/netlink_errors.hpp"
@@ -13,6 +19,9 @@
 #include "firewall/policy_routing.hpp"
 #include "firewall/ruleset.hpp"
 #include "netlink/socket.hpp"
+
+#include <cstring>
+#include <fstream>
 
 namespace splitd::firewall {
 
@@ -41,11 +50,23 @@ std::vector<Cidr> FirewallConfig::default_never_intercept() {
   return out;
 }
 
+// The chains of the installed table and the handles of their rules, in order: another
+// program's flush, deletion or addition changes it.
+using TableSignature = std::vector<std::pair<std::string, std::vector<std::uint64_t>>>;
+
 struct Firewall::Impl {
-  netlink::Socket nft;
+  netlink::Socket nft;  // every change to the table goes through it: it owns the table
   PolicyRouting routing;
-  netlink::Socket rule_events;    // RTNLGRP_IPV4_RULE and _IPV6_RULE: anyone's rule changes
+  netlink::Socket rule_events;  // rtnetlink: anyone's policy rules, and routes (filtered to ours)
+  netlink::Socket nft_events;   // NFNLGRP_NFTABLES: every nftables change of the namespace
   std::uint32_t priority = 0;   // of splitd's rules as installed (may be below the config's)
+  // NFT_TABLE_F_* the kernel accepted; `flags_tried` records that a refusal was seen, so
+  // later installs do not retry flags this kernel lacks.
+  std::uint32_t table_flags = 0;
+  std::uint32_t refused_flags = 0;
+  std::uint32_t route_table = 0;  // of the last install, to filter route events
+  bool awaiting_gen = false;
+  TableSignature signature;
 };
 
 namespace {
@@ -80,13 +101,21 @@ Expected<std::unique_ptr<Firewall>, FirewallError> Firewall::open() {
   if (!nft) return unexpected(netlink_error(nft.error()));
   auto routing = PolicyRouting::open();
   if (!routing) return unexpected(routing.error());
-  auto events =
-      netlink::Socket::open(NETLINK_ROUTE, "rtnetlink rule events", {.strict_check = true});
+  auto events = netlink::Socket::open(NETLINK_ROUTE, "rtnetlink rule and route events",
+                                      {.nonblocking = true, .strict_check = true});
   if (!events) return unexpected(netlink_error(events.error()));
-  for (unsigned group : {RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE}) {
+  for (unsigned group : {RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE}) {
     if (auto j = events->join_group(group); !j) return unexpected(netlink_error(j.error()));
   }
-  auto impl = std::make_unique<Impl>(Impl{std::move(*nft), std::move(*routing), std::move(*events), 0});
+  auto nft_events = netlink::Socket::open(NETLINK_NETFILTER, "nftables events", {.nonblocking = true});
+  if (!nft_events) return unexpected(netlink_error(nft_events.error()));
+  if (auto j = nft_events->join_group(NFNLGRP_NFTABLES); !j) return unexpected(netlink_error(j.error()));
+  // A wipe of a big ruleset (`nft flush ruleset`) or a host's route churn is a burst;
+  // losing it means a full check (ENOBUFS), which is correct but slower.
+  events->ensure_receive_buffer(1 << 20);
+  nft_events->ensure_receive_buffer(1 << 20);
+  auto impl = std::make_unique<Impl>(
+      Impl{std::move(*nft), std::move(*routing), std::move(*events), std::move(*nft_events), 0, 0, 0, 0, false, {}});
   return std::unique_ptr<Firewall>(new Firewall(std::move(impl)));
 }
 
@@ -137,8 +166,7 @@ Expected<void, FirewallError> Firewall::install(const FirewallConfig& requested)
   auto result = impl_->routing.install(config);
   if (result) {
     impl_->priority = config.rule_priority;
-    NftBatch batch = install_batch(config);
-    result = batch.commit(impl_->nft);
+    result = commit_table(config);
   }
   if (!result && replacing) {
     log::warn("firewall: the change failed; the previous table inet ", kTableName, " stays in place");
@@ -151,6 +179,13 @@ Expected<void, FirewallError> Firewall::install(const FirewallConfig& requested)
     }
     return result;
   }
+  impl_->route_table = config.route_table;
+  if (auto sig = read_signature(); sig) {
+    impl_->signature = std::move(*sig);
+  } else {
+    impl_->signature.clear();  // intact() then checks the table's existence only
+    log::warn("firewall: reading back table inet ", kTableName, ": ", sig.error().message);
+  }
   log::info("firewall: installed table inet ", kTableName, " (mark ", to_hex(config.mark),
             ", bypass mark ", to_hex(config.bypass_mark), ", route table ", config.route_table,
             ", port ", config.port, config.ipv6 ? ", IPv4+IPv6" : ", IPv4 only",
@@ -158,16 +193,109 @@ Expected<void, FirewallError> Firewall::install(const FirewallConfig& requested)
             config.dns_port != 0 ? ", DNS port " + std::to_string(config.dns_intercept_port) + " to " +
                                        std::to_string(config.dns_port)
                                  : std::string(),
-            config.block_dot ? ", DNS over TLS refused" : "", ")");
+            config.block_dot ? ", DNS over TLS refused" : "",
+            (impl_->table_flags & NFT_TABLE_F_OWNER) != 0
+                ? ((impl_->table_flags & kTablePersist) != 0 ? ", owned, kept after a crash" : ", owned")
+                : ", not owned",
+            ")");
   return {};
+}
+
+std::uint32_t Firewall::wanted_flags(const FirewallConfig& config) const {
+  if (!config.own_table) return 0;
+  const std::uint32_t wanted = NFT_TABLE_F_OWNER | (config.persist_table ? kTablePersist : 0);
+  if ((impl_->refused_flags & wanted) == 0) return wanted;
+  // This kernel refused some of them. Without persistence an owned table would vanish
+  // with a crashed splitd and open the kill switch: then rather not own it.
+  if (config.persist_table) return 0;
+  return (impl_->refused_flags & NFT_TABLE_F_OWNER) != 0 ? 0 : NFT_TABLE_F_OWNER;
+}
+
+Expected<void, FirewallError> Firewall::commit_table(const FirewallConfig& config) {
+  for (;;) {
+    const std::uint32_t flags = wanted_flags(config);
+    NftBatch batch = install_batch(config, flags);
+    auto result = batch.commit(impl_->nft);
+    if (result) {
+      impl_->table_flags = flags;
+      return result;
+    }
+    const int err = batch.failure_errno();
+    if (flags == 0 || (err != EOPNOTSUPP && err != EINVAL)) return result;
+    // Old kernels: NFT_TABLE_F_OWNER before 5.12, NFT_TABLE_F_PERSIST before 6.9.
+    const std::uint32_t refused =
+        (flags & kTablePersist) != 0 ? kTablePersist : static_cast<std::uint32_t>(NFT_TABLE_F_OWNER);
+    impl_->refused_flags |= refused;
+    log::info("firewall: this kernel cannot ", refused == kTablePersist ? "keep an owned table after a crash"
+                                                                         : "give a table an owner",
+              " (", std::strerror(err), "); ",
+              config.persist_table || refused == NFT_TABLE_F_OWNER
+                  ? "the table is not owned and splitd repairs any change to it"
+                  : "the table is owned but goes with the process");
+  }
+}
+
+Expected<TableSignature, FirewallError> Firewall::read_signature() {
+  auto chains = nft_list_chains(impl_->nft, NFPROTO_INET);
+  if (!chains) return unexpected(chains.error());
+  TableSignature sig;
+  for (const NftChainInfo& c : *chains) {
+    if (c.table != kTableName) continue;
+    auto rules = nft_list_rules(impl_->nft, NFPROTO_INET, kTableName, c.name);
+    if (!rules) return unexpected(rules.error());
+    std::vector<std::uint64_t> handles;
+    handles.reserve(rules->size());
+    for (const NftRuleInfo& r : *rules) handles.push_back(r.handle);
+    sig.emplace_back(c.name, std::move(handles));
+  }
+  std::sort(sig.begin(), sig.end());
+  return sig;
+}
+
+Firewall::Ownership Firewall::ownership() const {
+  if (!impl_) return {};
+  return Ownership{(impl_->table_flags & NFT_TABLE_F_OWNER) != 0, (impl_->table_flags & kTablePersist) != 0};
+}
+
+int Firewall::nft_events_fd() const { return impl_->nft_events.fd(); }
+
+FootprintEvents Firewall::drain_events() {
+  FootprintEvents ev;
+  // Bounded per call: a program rewriting rules without pause must not hold the main
+  // loop; what is left is read on the next call.
+  for (int i = 0; i < 256; ++i) {
+    auto d = impl_->nft_events.try_receive();
+    if (!d) {
+      ev.lost = true;  // ENOBUFS: a burst overran the buffer; check everything
+      impl_->awaiting_gen = false;
+      continue;
+    }
+    if (d->empty()) break;
+    scan_nft_events(*d, impl_->nft.portid(), kTableName, impl_->awaiting_gen, ev);
+  }
+  for (int i = 0; i < 256; ++i) {
+    auto d = impl_->rule_events.try_receive();
+    if (!d) {
+      ev.lost = true;
+      continue;
+    }
+    if (d->empty()) break;
+    scan_rtnl_events(*d, impl_->routing.portid(), impl_->route_table, ev);
+  }
+  if (ev.culprit.empty() && ev.rtnl_portid != 0 && (ev.policy || ev.route)) {
+    // `ip` and most rtnetlink users bind their first socket to their pid.
+    std::string comm;
+    std::ifstream("/proc/" + std::to_string(ev.rtnl_portid) + "/comm") >> comm;
+    ev.culprit = comm.empty() ? "netlink port " + std::to_string(ev.rtnl_portid)
+                              : comm + " (pid " + std::to_string(ev.rtnl_portid) + ")";
+  }
+  return ev;
 }
 
 int Firewall::rule_events_fd() const { return impl_->rule_events.fd(); }
 
 bool Firewall::drain_rule_events() {
   bool any = false;
-  // Bounded: a program rewriting rules without pause must not hold the main loop; what is
-  // left is read on the next call.
   for (int i = 0; i < 256; ++i) {
     auto d = impl_->rule_events.try_receive();
     if (!d) return true;  // ENOBUFS: events lost; a check is due anyway
@@ -199,6 +327,10 @@ bool Firewall::installed() const {
 
 bool Firewall::intact(const FirewallConfig& config) const {
   if (!installed()) return false;
+  if (!impl_->signature.empty()) {
+    auto now = const_cast<Firewall*>(this)->read_signature();
+    if (!now || *now != impl_->signature) return false;
+  }
   for (int family : {AF_INET, AF_INET6}) {
     if (family == AF_INET6 && !config.ipv6) continue;
     // One dump of every rule: splitd's must be there, and no other program's before it.

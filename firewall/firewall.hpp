@@ -3,10 +3,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/cidr.hpp"
 #include "common/expected.hpp"
+#include "firewall/footprint_events.hpp"
 
 namespace splitd::firewall {
 
@@ -29,6 +31,16 @@ struct FirewallConfig {
   // Servers of VPN clients that do not mark their sockets, found from their host routes
   // (InterfaceSnapshot::vpn_servers): their carrier flows are never intercepted.
   std::vector<Cidr> vpn_servers;
+  // Own the table (NFT_TABLE_F_OWNER, Linux >= 5.12): while splitd runs no other program
+  // can change or delete it, and `nft flush ruleset` passes it by. false: anyone may;
+  // splitd then repairs every change it hears of (within milliseconds).
+  bool own_table = true;
+  // With own_table: the table outlives a crash of splitd (NFT_TABLE_F_PERSIST, Linux
+  // >= 6.9) and the next start takes it over: the kill switch stays closed while splitd is
+  // dead. false: the kernel removes the table with the process (the host falls back to its
+  // own routes). When the kernel cannot keep an owned table, persist_table wins: the table
+  // is not owned (a crash must not open the kill switch) and changes are repaired instead.
+  bool persist_table = true;
 
   // 127.0.0.0/8, ::1/128, 169.254.0.0/16, fe80::/10, 224.0.0.0/4, ff00::/8.
   static std::vector<Cidr> default_never_intercept();
@@ -94,17 +106,31 @@ class Firewall final : public FirewallBackend {
   // are logged). For self-repair after another program deleted the table.
   bool installed() const override;
 
-  // Whether the whole footprint of `config` is in place: the table, and per family the
+  // Whether the whole footprint of `config` is in place: the table with the chains and
+  // rules splitd installed (a flushed chain or a rule added or deleted by another program
+  // is not intact), and per family the
   // fwmark rule, ahead of every other program's rule, and the local route of its table.
   // Another program (a VPN client, a network manager, `ip rule flush`) may remove either
   // or put a rule before splitd's (wg-quick coming up after splitd); the daemon
   // re-installs then, moving splitd's rules before the other program's.
   bool intact(const FirewallConfig& config) const;
 
-  // Readable when some program changed the policy rules (either family); the daemon
-  // polls it and then checks intact(). drain_rule_events() reads what is queued and says
-  // whether anything was (true also when events were lost).
+  // How the table is held right now (after the last install).
+  struct Ownership {
+    bool owned = false;       // NFT_TABLE_F_OWNER: other programs get EPERM
+    bool persistent = false;  // NFT_TABLE_F_PERSIST: it outlives a crash of splitd
+  };
+  Ownership ownership() const;
+
+  // The kernel's change events: rule_events_fd() is readable when a policy rule (either
+  // family) or a route of splitd's table changed, nft_events_fd() when any nftables
+  // change happened in the namespace. drain_events() reads what is queued on both
+  // (bounded) and says what concerned splitd's footprint and who did it; splitd's own
+  // changes are not reported. The daemon repairs on it, not on a timer.
   int rule_events_fd() const;
+  int nft_events_fd() const;
+  FootprintEvents drain_events();
+  // The same for the rule socket alone; true when anything was queued or lost.
   bool drain_rule_events();
 
   static std::vector<Cidr> default_never_intercept() {
@@ -117,6 +143,11 @@ class Firewall final : public FirewallBackend {
   // The priority splitd's rules take: the configured one, or the one they were moved to,
   // or just before another program's rule that would otherwise come first.
   Expected<std::uint32_t, FirewallError> rule_priority_for(const FirewallConfig& config);
+  // The table's flags for `config` on this kernel, and the batch that installs it (retried
+  // with fewer flags when the kernel refuses them).
+  std::uint32_t wanted_flags(const FirewallConfig& config) const;
+  Expected<void, FirewallError> commit_table(const FirewallConfig& config);
+  Expected<std::vector<std::pair<std::string, std::vector<std::uint64_t>>>, FirewallError> read_signature();
   std::unique_ptr<Impl> impl_;
 };
 

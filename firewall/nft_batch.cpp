@@ -145,9 +145,10 @@ void NftBatch::append(std::string label, std::string needs, Build&& build) {
   entries_.push_back(std::move(entry));
 }
 
-void NftBatch::add_table(std::string_view comment) {
+void NftBatch::add_table(std::string_view comment, std::uint32_t flags) {
   auto t = checked<nftnl_table, TableDeleter>(nftnl_table_alloc());
   nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table_.c_str());
+  if (flags != 0) nftnl_table_set_u32(t.get(), NFTNL_TABLE_FLAGS, flags);
   if (!comment.empty()) {
     Udata ud = new_udata();
     nftnl_udata_put_strz(ud.get(), NFTNL_UDATA_TABLE_COMMENT, std::string(comment).c_str());

@@ -37,7 +37,8 @@ class NftBatch {
   NftBatch(std::uint8_t family, std::string table);
 
   // `add table` (without a comment it does not touch an existing table's comment).
-  void add_table(std::string_view comment = {});
+  // `flags`: NFT_TABLE_F_* (0: the attribute is not sent, an existing table keeps its own).
+  void add_table(std::string_view comment = {}, std::uint32_t flags = 0);
   // `delete table`; fails inside the kernel when the table does not exist, so precede it
   // with add_table() for "delete if present".
   void delete_table();

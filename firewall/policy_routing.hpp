@@ -56,6 +56,8 @@ class PolicyRouting {
   // Every rule of `family` (anyone's), in the order the kernel evaluates them.
   Expected<std::vector<PolicyRule>, FirewallError> all_rules(int family);
   Expected<std::vector<PolicyRoute>, FirewallError> routes(int family);
+  // The netlink port splitd's rule and route changes come from (their events carry it).
+  std::uint32_t portid() const { return sock_.portid(); }
 
  private:
   explicit PolicyRouting(netlink::Socket sock) : sock_(std::move(sock)) {}

@@ -57,13 +57,13 @@ Expected<void, FirewallError> validate(const FirewallConfig& c) {
   return {};
 }
 
-NftBatch install_batch(const FirewallConfig& c) {
+NftBatch install_batch(const FirewallConfig& c, std::uint32_t table_flags) {
   NftBatch b(kTableName);
   // Replace atomically: the first add makes the delete succeed whether or not a table
   // (a crashed run's, or the current one) exists.
   b.add_table();
   b.delete_table();
-  b.add_table("managed by splitd (split tunnelling); removed when splitd stops");
+  b.add_table("managed by splitd (split tunnelling); removed when splitd stops", table_flags);
   b.add_interval_set("never4", IpAddress::Family::kV4, c.never_intercept);
   if (c.ipv6) b.add_interval_set("never6", IpAddress::Family::kV6, c.never_intercept);
   b.add_interval_set("vpn_servers4", IpAddress::Family::kV4, c.vpn_servers);

@@ -12,10 +12,13 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <thread>
 #include <optional>
 #include <string>
 
@@ -227,9 +230,10 @@ TEST_F(FirewallLab, InstallCreatesTableRulesAndRoutes) {
   }
   EXPECT_EQ(t.find("UDP"), std::string::npos) << t;
 
-  // What `nft list` prints, nft itself reads back.
+  // What `nft list` prints, nft itself reads back (checked in a scratch namespace: the
+  // owned table refuses even a dry run from another process).
   const CommandResult check =
-      ns_->exec("nft list table inet splitd > /tmp/" + ns_->name() + ".nft && nft -c -f /tmp/" +
+      ns_->exec("nft list table inet splitd > /tmp/" + ns_->name() + ".nft && unshare -n nft -c -f /tmp/" +
                 ns_->name() + ".nft; rc=$?; rm -f /tmp/" + ns_->name() + ".nft; exit $rc");
   EXPECT_EQ(check.status, 0) << check.out;
 
@@ -353,12 +357,139 @@ TEST_F(FirewallLab, ALongNeverInterceptListIsSentInChunks) {
 TEST_F(FirewallLab, InstalledFollowsTheKernel) {
   fw_ = open_firewall();
   EXPECT_FALSE(fw_->installed());
-  ASSERT_NO_FATAL_FAILURE(install());
+  FirewallConfig unowned;
+  unowned.own_table = false;  // so that another program can delete it
+  ASSERT_NO_FATAL_FAILURE(install(unowned));
   EXPECT_TRUE(fw_->installed());
   ASSERT_EQ(ns_->exec("nft delete table inet splitd").status, 0);
   EXPECT_FALSE(fw_->installed());
-  ASSERT_NO_FATAL_FAILURE(install());  // self-repair
+  ASSERT_NO_FATAL_FAILURE(install(unowned));  // self-repair
   EXPECT_TRUE(fw_->installed());
+}
+
+// The kernel's version decides what ownership splitd gets (owner: 5.12, persist: 6.9).
+bool kernel_at_least(int major, int minor) {
+  utsname u{};
+  if (uname(&u) != 0) return false;
+  int ma = 0, mi = 0;
+  if (std::sscanf(u.release, "%d.%d", &ma, &mi) != 2) return false;
+  return ma > major || (ma == major && mi >= minor);
+}
+
+// An owned table: other programs cannot delete it, change it, or flush it with the rest.
+TEST_F(FirewallLab, AnOwnedTableRefusesOtherPrograms) {
+  if (!kernel_at_least(5, 12)) GTEST_SKIP() << "NFT_TABLE_F_OWNER needs Linux 5.12";
+  ASSERT_NO_FATAL_FAILURE(install());
+  const auto own = fw_->ownership();
+  EXPECT_EQ(own.persistent, kernel_at_least(6, 9));
+  EXPECT_EQ(own.owned, kernel_at_least(6, 9));  // persist_table wins: no owner without it
+  if (!own.owned) GTEST_SKIP() << "no NFT_TABLE_F_PERSIST: the table is not owned here";
+  const std::string before = listing();
+  const CommandResult del = ns_->exec("nft delete table inet splitd");
+  EXPECT_NE(del.status, 0);
+  EXPECT_NE(del.out.find("Operation not permitted"), std::string::npos) << del.out;
+  EXPECT_NE(ns_->exec("nft flush chain inet splitd output").status, 0);
+  EXPECT_NE(ns_->exec("nft add chain inet splitd extra").status, 0);
+  EXPECT_NE(ns_->exec("nft add element inet splitd never4 '{ 192.0.2.1 }'").status, 0);
+  // `nft flush ruleset` removes every other table and passes splitd's by.
+  ASSERT_EQ(ns_->exec("nft add table inet other && nft flush ruleset").status, 0);
+  EXPECT_EQ(ns_->exec("nft list tables").out, "table inet splitd\n");
+  EXPECT_EQ(listing(), before);
+  EXPECT_TRUE(fw_->intact(FirewallConfig{}));
+  // splitd itself still changes it (a reload) and removes it.
+  FirewallConfig other;
+  other.port = 15002;
+  ASSERT_NO_FATAL_FAILURE(install(other));
+  EXPECT_NE(listing().find("tproxy to :15002"), std::string::npos);
+  EXPECT_NE(ns_->exec("nft delete table inet splitd").status, 0);
+  ASSERT_TRUE(fw_->remove());
+  EXPECT_EQ(ns_->exec("nft list tables").out, "");
+}
+
+// A crash (the owning socket closes without remove()): a persistent table stays, with
+// its kill switch, and anyone may then remove it (`splitd cleanup`); the next splitd
+// takes it over. A table that is owned but not persistent goes with its owner.
+TEST_F(FirewallLab, APersistentTableOutlivesItsOwnerAndIsTakenOver) {
+  if (!kernel_at_least(6, 9)) GTEST_SKIP() << "NFT_TABLE_F_PERSIST needs Linux 6.9";
+  ASSERT_NO_FATAL_FAILURE(install());
+  ASSERT_TRUE(fw_->ownership().persistent);
+  fw_.reset();  // "crash"
+  ASSERT_NE(listing().find("tproxy to :15001"), std::string::npos) << "the table went with its owner";
+  EXPECT_EQ(ns_->exec("nft add chain inet splitd probe && nft delete chain inet splitd probe").status, 0)
+      << "an orphaned table is anyone's";
+  fw_ = open_firewall();
+  ASSERT_NO_FATAL_FAILURE(install());  // the restart takes it over
+  EXPECT_TRUE(fw_->ownership().owned);
+  EXPECT_NE(ns_->exec("nft delete table inet splitd").status, 0);
+  EXPECT_EQ(count(ns_->exec("nft list tables").out, "splitd"), 1u);
+
+  // Owned, not persistent (on_tunnel_down = "direct"): gone with the process.
+  FirewallConfig fleeting;
+  fleeting.persist_table = false;
+  ASSERT_NO_FATAL_FAILURE(install(fleeting));
+  EXPECT_TRUE(fw_->ownership().owned);
+  EXPECT_FALSE(fw_->ownership().persistent);
+  fw_.reset();
+  for (int i = 0; i < 100 && ns_->exec("nft list tables").out != ""; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(ns_->exec("nft list tables").out, "");
+  // Its policy rules stay (harmless without the table's marks); cleanup removes them.
+  fw_ = open_firewall();
+  ASSERT_TRUE(fw_->remove());
+}
+
+// The kernel's events name what other programs changed, and who; splitd's own changes
+// are not reported.
+TEST_F(FirewallLab, EventsReportOtherProgramsChanges) {
+  FirewallConfig unowned;
+  unowned.own_table = false;
+  ASSERT_NO_FATAL_FAILURE(install(unowned));
+  const auto wait_events = [&](int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 2000) == 1;
+  };
+  (void)fw_->drain_events();  // the install's own
+  ASSERT_NO_FATAL_FAILURE(install(unowned));
+  FootprintEvents own = fw_->drain_events();
+  EXPECT_FALSE(own.nftables);
+  EXPECT_FALSE(own.policy);
+  EXPECT_FALSE(own.route);
+  EXPECT_TRUE(fw_->intact(unowned));
+
+  ASSERT_EQ(ns_->exec("nft flush chain inet splitd output").status, 0);
+  ASSERT_TRUE(wait_events(fw_->nft_events_fd()));
+  FootprintEvents ev = fw_->drain_events();
+  EXPECT_TRUE(ev.nftables);
+  EXPECT_NE(ev.culprit.find("nft"), std::string::npos) << ev.culprit;
+  EXPECT_NE(ev.culprit_pid, 0u);
+  EXPECT_FALSE(fw_->intact(unowned)) << "a flushed chain is not intact";
+  ASSERT_NO_FATAL_FAILURE(install(unowned));
+  EXPECT_TRUE(fw_->intact(unowned));
+  (void)fw_->drain_events();
+
+  // Another program's table is not splitd's business.
+  ASSERT_EQ(ns_->exec("nft add table inet other && nft delete table inet other").status, 0);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_FALSE(fw_->drain_events().nftables);
+
+  ASSERT_EQ(ns_->exec("ip rule del fwmark 0x5d1").status, 0);
+  ASSERT_TRUE(wait_events(fw_->rule_events_fd()));
+  ev = fw_->drain_events();
+  EXPECT_TRUE(ev.policy);
+  EXPECT_FALSE(fw_->intact(unowned));
+  ASSERT_NO_FATAL_FAILURE(install(unowned));
+  (void)fw_->drain_events();
+
+  ASSERT_EQ(ns_->exec("ip route del local default dev lo table 1501").status, 0);
+  ASSERT_TRUE(wait_events(fw_->rule_events_fd()));
+  ev = fw_->drain_events();
+  EXPECT_TRUE(ev.route);
+  EXPECT_FALSE(fw_->intact(unowned));
+  // A route in another table is not reported.
+  ASSERT_NO_FATAL_FAILURE(install(unowned));
+  (void)fw_->drain_events();
+  ASSERT_EQ(ns_->exec("ip route add local 192.0.2.0/24 dev lo table 1700").status, 0);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_FALSE(fw_->drain_events().route);
 }
 
 TEST_F(FirewallLab, Ipv6OffLeavesIpv6Alone) {
