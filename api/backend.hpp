@@ -76,6 +76,15 @@ struct Rules {
 struct DaemonCounters {
   std::uint64_t firewall_repairs = 0;          // footprint restored after another program changed it
   std::uint64_t firewall_repair_failures = 0;
+  std::uint64_t firewall_repair_backoffs = 0;  // repairs delayed: another program keeps undoing them
+  std::uint64_t firewall_last_repair_us = 0;   // how long the last repair took (gauge)
+  // Changes by other programs the kernel's events reported, by what they touched.
+  std::uint64_t firewall_changes_nftables = 0;  // table inet splitd
+  std::uint64_t firewall_changes_policy = 0;    // policy rules (anyone's; splitd's checked)
+  std::uint64_t firewall_changes_route = 0;     // routes of splitd's route table
+  std::uint64_t firewall_events_lost = 0;       // event bursts lost (ENOBUFS): full checks
+  bool firewall_table_owned = false;            // NFT_TABLE_F_OWNER (gauge)
+  bool firewall_table_persistent = false;       // NFT_TABLE_F_PERSIST (gauge)
   std::uint64_t reloads = 0;                   // SIGHUP reloads applied
   std::uint64_t reload_failures = 0;           // SIGHUP with a bad config (kept running)
   std::uint64_t rule_edits = 0;                // API rule changes applied

@@ -249,6 +249,23 @@ std::string metrics_text(const MetricsSnapshot& m, const ApiStats& api) {
          "Times the firewall footprint was restored after another program changed it.", d.firewall_repairs);
   scalar(w, "splitd_firewall_repair_failures_total", "counter", "Firewall repairs that failed.",
          d.firewall_repair_failures);
+  scalar(w, "splitd_firewall_repair_backoffs_total", "counter",
+         "Repairs delayed because another program kept undoing splitd's footprint.", d.firewall_repair_backoffs);
+  w.family("splitd_firewall_repair_last_seconds", "gauge", "How long the last firewall repair took.");
+  w.sample("splitd_firewall_repair_last_seconds", {}, static_cast<double>(d.firewall_last_repair_us) / 1e6, 6);
+  w.family("splitd_firewall_changes_total", "counter",
+           "Changes by other programs the kernel reported, by what they touched.");
+  w.sample("splitd_firewall_changes_total", {{"what", "nftables"}}, d.firewall_changes_nftables);
+  w.sample("splitd_firewall_changes_total", {{"what", "policy_rule"}}, d.firewall_changes_policy);
+  w.sample("splitd_firewall_changes_total", {{"what", "route"}}, d.firewall_changes_route);
+  scalar(w, "splitd_firewall_events_lost_total", "counter",
+         "Kernel event bursts lost (ENOBUFS); each causes a full check.", d.firewall_events_lost);
+  scalar(w, "splitd_firewall_table_owned", "gauge",
+         "1 while table inet splitd is owned by splitd (other programs cannot change it).",
+         d.firewall_table_owned ? 1 : 0);
+  scalar(w, "splitd_firewall_table_persistent", "gauge",
+         "1 when table inet splitd outlives a crash of splitd (the kill switch stays closed).",
+         d.firewall_table_persistent ? 1 : 0);
   scalar(w, "splitd_reloads_total", "counter", "Configuration reloads applied (SIGHUP).", d.reloads);
   scalar(w, "splitd_reload_failures_total", "counter", "Reloads refused because of a bad configuration.",
          d.reload_failures);

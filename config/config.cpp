@@ -400,6 +400,7 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
                                   std::vector<std::pair<const char*, decider::OnTunnelDown>>{
                                       {"block", decider::OnTunnelDown::kBlock},
                                       {"direct", decider::OnTunnelDown::kDirect}})},
+      {"table_owner", p.boolean(c.firewall.table_owner)},
   };
   const H apps = [&p, &c](const toml::node& n, const std::string& key) {
     const auto* a = n.as_array();
@@ -598,6 +599,7 @@ const KeyRule kKeys[] = {
     SPLITD_KEY("firewall.ipv6", kFootprint, firewall.ipv6),
     SPLITD_KEY("firewall.never_intercept", kFootprint, firewall.never_intercept),
     SPLITD_KEY("firewall.on_tunnel_down", kRules, firewall.on_tunnel_down),
+    SPLITD_KEY("firewall.table_owner", kFootprint, firewall.table_owner),
     SPLITD_KEY("split.mode", kRules, split.mode),
     SPLITD_KEY("split.domains", kRules, split.domains),
     SPLITD_KEY("split.ips", kRules, split.ips),

@@ -50,6 +50,9 @@ struct FirewallSection {
   bool ipv6 = true;
   std::vector<Cidr> never_intercept;  // defaults filled by Config's constructor
   decider::OnTunnelDown on_tunnel_down = decider::OnTunnelDown::kBlock;
+  // Own table inet splitd (Linux >= 5.12) so that no other program can change it; false:
+  // others may, and splitd repairs what they change.
+  bool table_owner = true;
   friend bool operator==(const FirewallSection&, const FirewallSection&) = default;
 };
 

@@ -47,6 +47,12 @@ constexpr auto kSummaryEvery = std::chrono::seconds(60);
 // loses at most this much of them.
 constexpr auto kNamesSaveEvery = std::chrono::minutes(5);
 constexpr auto kRepairBackoff = std::chrono::seconds(1);
+// More than kFightRepairs repairs within kFightWindow is a fight with another program:
+// each further repair waits twice as long as the last (from 100 ms up to 5 s).
+constexpr std::size_t kFightRepairs = 8;
+constexpr auto kFightWindow = std::chrono::seconds(10);
+constexpr auto kFightFirstDelay = std::chrono::milliseconds(100);
+constexpr auto kFightMaxDelay = std::chrono::seconds(5);
 constexpr int kControlNice = 10;
 
 std::shared_ptr<const decider::RuleSet> rules_of(const config::SplitSection& split,
@@ -84,6 +90,9 @@ firewall::FirewallConfig firewall_of(const config::Config& c) {
   f.dns_port = c.dns.enabled ? c.dns.forwarder_port : 0;
   f.dns_intercept_port = c.dns.intercept_port;
   f.block_dot = c.dns.block_dot;
+  f.own_table = c.firewall.table_owner;
+  // The kill switch stays closed while splitd is dead only if the table outlives it.
+  f.persist_table = c.firewall.on_tunnel_down == decider::OnTunnelDown::kBlock;
   return f;
 }
 
@@ -334,15 +343,20 @@ int Runtime::start() {
   signal_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(signal_fd_.get()));
   wake_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(wake_fd_.get()));
   rule_events_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(firewall_->rule_events_fd()));
+  nft_events_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(firewall_->nft_events_fd()));
   wait_signal();
   wait_wake();
-  wait_rule_events();
+  wait_footprint_events(*rule_events_desc_);
+  wait_footprint_events(*nft_events_desc_);
   arm_repair_timer();
   arm_summary_timer();
   stack_.push("control executor", [this] {
     boost::system::error_code ec;
-    for (auto* d : {signal_desc_.get(), wake_desc_.get(), rule_events_desc_.get()}) d->close(ec);
+    for (auto* d : {signal_desc_.get(), wake_desc_.get(), rule_events_desc_.get(), nft_events_desc_.get()}) {
+      d->close(ec);
+    }
     repair_timer_.cancel();
+    backoff_timer_.cancel();
     summary_timer_.cancel();
   });
 
@@ -540,14 +554,61 @@ void Runtime::wait_wake() {
   });
 }
 
-void Runtime::wait_rule_events() {
-  rule_events_desc_->async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
+void Runtime::wait_footprint_events(asio::posix::stream_descriptor& desc) {
+  desc.async_wait(asio::posix::stream_descriptor::wait_read, [this, &desc](boost::system::error_code ec) {
     if (ec) return;
-    if (firewall_->drain_rule_events() && may_repair() && !firewall_->intact(*fwcfg_)) {
-      log::warn("policy routing changed by another program: restoring splitd's rules ahead of it");
-      repair("policy routing changed");
-    }
-    wait_rule_events();
+    on_footprint_events();
+    wait_footprint_events(desc);
+  });
+}
+
+// Another program changed the kernel state splitd depends on: nftables events naming
+// table inet splitd (a deletion, a flushed chain, a rule added), policy rules (wg-quick
+// placing its rules before splitd's, `ip rule flush`) or routes of splitd's table. The
+// repair is one atomic batch, started at once, not on the next periodic check.
+void Runtime::on_footprint_events() {
+  const firewall::FootprintEvents ev = firewall_->drain_events();
+  if (!ev.any()) return;
+  if (ev.nftables) counters_.firewall_changes_nftables++;
+  if (ev.policy) counters_.firewall_changes_policy++;
+  if (ev.route) counters_.firewall_changes_route++;
+  if (ev.lost) counters_.firewall_events_lost++;
+  if (!enabled_) return;
+  // A change to splitd's table is always repaired (the table is replaced as a whole);
+  // rule and route events are anyone's, so they are checked first.
+  if (!ev.nftables && !ev.lost && firewall_->intact(*fwcfg_)) return;
+  std::string what = ev.nftables ? "table inet splitd changed"
+                     : ev.route  ? "splitd's route table changed"
+                     : ev.policy ? "policy routing changed"
+                                 : "events lost, footprint differs";
+  request_repair(what, ev.culprit);
+}
+
+void Runtime::request_repair(const std::string& why, const std::string& culprit) {
+  if (repair_scheduled_) return;  // a backed-off repair is already due
+  const auto now = std::chrono::steady_clock::now();
+  while (!recent_repairs_.empty() && now - recent_repairs_.front() > kFightWindow) recent_repairs_.pop_front();
+  const std::string by = culprit.empty() ? std::string() : " by " + culprit;
+  if (recent_repairs_.size() < kFightRepairs) {
+    log::warn("firewall: ", why, by, ": restoring it");
+    repair(why + by);
+    return;
+  }
+  // A fight: repair later, each time twice as late.
+  const std::size_t over = std::min<std::size_t>(recent_repairs_.size() - kFightRepairs, 16);
+  const auto delay = std::min<std::chrono::steady_clock::duration>(kFightFirstDelay * (1u << over), kFightMaxDelay);
+  counters_.firewall_repair_backoffs++;
+  log::error("firewall: another program keeps undoing splitd's footprint (", why, by, "): ",
+             recent_repairs_.size(), " repairs in ", kFightWindow.count(), " s; next repair in ",
+             std::chrono::duration_cast<std::chrono::milliseconds>(delay).count(),
+             " ms. Find that program (a VPN client's or firewall manager's reload) and exclude "
+             "table inet splitd and its rules from it");
+  repair_scheduled_ = true;
+  backoff_timer_.expires_after(delay);
+  backoff_timer_.async_wait([this, why, by](boost::system::error_code ec) {
+    repair_scheduled_ = false;
+    if (ec) return;
+    if (may_repair() && !firewall_->intact(*fwcfg_)) repair(why + by + ", after backing off");
   });
 }
 
@@ -555,9 +616,10 @@ void Runtime::arm_repair_timer() {
   repair_timer_.expires_after(kRepairEvery);
   repair_timer_.async_wait([this](boost::system::error_code ec) {
     if (ec) return;
+    // The events repair at once; this check is the net under them (a kernel without
+    // nftables events, a change whose events were lost).
     if (may_repair() && !firewall_->intact(*fwcfg_)) {
-      log::warn("table inet splitd or its policy routing was removed by another program: restoring it");
-      repair("footprint removed");
+      request_repair("the footprint differs from what splitd installed (periodic check)", "");
     }
     apply_vpn_servers();  // one that failed earlier is retried here
     refresh_dns_upstreams();
@@ -598,15 +660,20 @@ bool Runtime::may_repair() const {
   return enabled_ && std::chrono::steady_clock::now() >= repair_not_before_;
 }
 
-void Runtime::repair(const char* why) {
+void Runtime::repair(const std::string& why) {
+  const auto t0 = std::chrono::steady_clock::now();
+  recent_repairs_.push_back(t0);
   if (auto r = firewall_->install(*fwcfg_); !r) {
     log::error("firewall: ", r.error().message, "; retrying in 1 s");
     counters_.firewall_repair_failures++;
     repair_not_before_ = std::chrono::steady_clock::now() + kRepairBackoff;
     return;
   }
+  // The repair's own events (splitd's rules and routes) are read and dropped as splitd's.
   counters_.firewall_repairs++;
-  log::debug("firewall repaired (", why, ")");
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+  counters_.firewall_last_repair_us = static_cast<std::uint64_t>(us.count());
+  log::info("firewall: restored (", why, ") in ", us.count(), " us");
 }
 
 void Runtime::apply_vpn_servers() {
@@ -652,7 +719,9 @@ void Runtime::reload() {
     apply_rules();
   }
   log::info("reload: rules applied to new flows: ", config::summary(next));
-  if (changes.footprint) {
+  // The table's persistence follows the kill switch (on_tunnel_down), a rules key.
+  const bool persist_changed = fwcfg_ && firewall_of(next).persist_table != fwcfg_->persist_table;
+  if (changes.footprint || persist_changed) {
     // The interception footprint (never_intercept, mark, route_table, ipv6) is replaced in
     // one transaction; the proxy's port and bypass mark stay, since live sockets carry
     // them. A failed install puts the old footprint back.
@@ -670,6 +739,7 @@ void Runtime::reload() {
       cfg_.firewall.route_table = next.firewall.route_table;
       cfg_.firewall.ipv6 = next.firewall.ipv6;
       cfg_.firewall.never_intercept = next.firewall.never_intercept;
+      cfg_.firewall.table_owner = next.firewall.table_owner;
       cfg_.dns.block_dot = next.dns.block_dot;
       log::info("reload: firewall footprint replaced");
     } else {
@@ -864,6 +934,11 @@ api::MetricsSnapshot Runtime::metrics() const {
   m.sessions = sessions_->counters();
   m.daemon = counters_;
   m.daemon.vpn_servers = fwcfg_ ? fwcfg_->vpn_servers.size() : 0;
+  if (firewall_) {
+    const auto own = firewall_->ownership();
+    m.daemon.firewall_table_owned = enabled_ && own.owned;
+    m.daemon.firewall_table_persistent = enabled_ && own.persistent;
+  }
   m.enabled = enabled_;
   m.tunnel_up = cache_->snapshot()->tunnel_up();
   m.started_at = started_at_;

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <functional>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -104,7 +105,9 @@ class Runtime final : public api::Backend {
   int fail(const std::string& what);
   void wait_signal();
   void wait_wake();
-  void wait_rule_events();
+  void wait_footprint_events(net::asio::posix::stream_descriptor& desc);
+  void on_footprint_events();
+  void request_repair(const std::string& why, const std::string& culprit);
   void arm_repair_timer();
   void arm_summary_timer();
   void on_signal(int sig);
@@ -113,7 +116,7 @@ class Runtime final : public api::Backend {
   api::Result<api::Ok> edited(api::Result<api::Ok> r, const std::string& what);
   void apply_vpn_servers();
   bool may_repair() const;
-  void repair(const char* why);
+  void repair(const std::string& why);
   void log_sessions() const;
   int start_dns();
   void start_identification();
@@ -136,8 +139,13 @@ class Runtime final : public api::Backend {
 
   net::asio::io_context ctx_{1};
   Fd signal_fd_, wake_fd_;
-  std::unique_ptr<net::asio::posix::stream_descriptor> signal_desc_, wake_desc_, rule_events_desc_;
-  net::asio::steady_timer repair_timer_{ctx_}, summary_timer_{ctx_};
+  std::unique_ptr<net::asio::posix::stream_descriptor> signal_desc_, wake_desc_, rule_events_desc_,
+      nft_events_desc_;
+  net::asio::steady_timer repair_timer_{ctx_}, summary_timer_{ctx_}, backoff_timer_{ctx_};
+  // Repairs of the last kFightWindow: another program undoing splitd's footprint again and
+  // again gets repairs further and further apart, never a busy loop.
+  std::deque<std::chrono::steady_clock::time_point> recent_repairs_;
+  bool repair_scheduled_ = false;
 
   // Declared before the cache: its thread calls into them until the cache stops.
   std::unique_ptr<RpFilterGuard> rp_filter_;

@@ -611,7 +611,8 @@ TEST(TcpSplit, RestoresPolicyRoutingWhenRemoved) {
   const auto deleted = Clock::now();
   ASSERT_EQ(lab->exec(lab->host_ns(), "ip rule del fwmark 0x5d1").exit_code, 0);
   // splitd hears of rule changes on rtnetlink: it does not wait for its periodic check.
-  ASSERT_TRUE(splitd->wait_for_log("restoring splitd's rules", 8s)) << splitd->log();
+  ASSERT_TRUE(splitd->wait_for_log("policy routing changed by", 8s)) << splitd->log();
+  ASSERT_TRUE(splitd->wait_for_log("firewall: restored", 2s)) << splitd->log();
   EXPECT_LT(Clock::now() - deleted, 1s);
   std::this_thread::sleep_for(100ms);
   EXPECT_EQ(lab->exec(lab->host_ns(), "ip rule | grep -c fwmark").out, "1\n");
@@ -691,9 +692,10 @@ TEST(TcpSplit, NothingRemainsAfterStopOrCrash) {
 
 TEST(TcpSplit, RestoresItsTableWhenRemoved) {
   auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
-  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers));
+  // Not owned, so that another program can delete it (an owned one refuses: self_heal_test).
+  auto splitd = SplitdProcess::start(*lab, lab_config("exclude", kExcludeWanServers, "", "table_owner = false"));
   ASSERT_EQ(lab->exec(lab->host_ns(), "nft delete table inet splitd").exit_code, 0);
-  ASSERT_TRUE(splitd->wait_for_log("restoring it", 8s)) << splitd->log();
+  ASSERT_TRUE(splitd->wait_for_log("restoring it", 2s)) << splitd->log();
   std::this_thread::sleep_for(100ms);
   EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "wan 198.18.1.2 "));
   EXPECT_EQ(splitd->terminate(), 0);
