@@ -49,7 +49,7 @@ constexpr auto kNamesSaveEvery = std::chrono::minutes(5);
 constexpr auto kRepairBackoff = std::chrono::seconds(1);
 // More than kFightRepairs repairs within kFightWindow is a fight with another program:
 // each further repair waits twice as long as the last (from 100 ms up to 5 s).
-constexpr std::size_t kFightRepairs = 8;
+constexpr std::size_t kFightRepairs = 20;
 constexpr auto kFightWindow = std::chrono::seconds(10);
 constexpr auto kFightFirstDelay = std::chrono::milliseconds(100);
 constexpr auto kFightMaxDelay = std::chrono::seconds(5);
