@@ -1,5 +1,6 @@
 #include "netlink/message.hpp"
 
+#include <climits>
 #include <cstdint>
 #include <stdexcept>
 
@@ -80,7 +81,8 @@ Expected<Ack, Failure> parse_error(const nlmsghdr& nlh) {
   nlmsgerr err;
   std::memcpy(&err, p.data(), sizeof err);
   Ack ack;
-  ack.error = err.error < 0 ? -err.error : err.error;
+  // -errno from the kernel; INT_MIN has no positive counterpart and still means an error.
+  ack.error = err.error == INT_MIN ? INT_MAX : err.error < 0 ? -err.error : err.error;
   if ((nlh.nlmsg_flags & NLM_F_ACK_TLVS) == 0) return ack;
   // The TLVs follow the echoed request: only its header when capped, else all of it.
   std::size_t offset = sizeof(nlmsgerr);
@@ -98,7 +100,7 @@ Ack parse_done(const nlmsghdr& nlh) {
   if (p.size() < sizeof(int)) return ack;
   int status = 0;
   std::memcpy(&status, p.data(), sizeof status);
-  ack.error = status < 0 ? -status : status;
+  ack.error = status == INT_MIN ? INT_MAX : status < 0 ? -status : status;
   if ((nlh.nlmsg_flags & NLM_F_ACK_TLVS) != 0 && p.size() > sizeof(int)) {
     ack.message = ext_ack_message(p.subspan(sizeof(int)));
   }
