@@ -163,6 +163,23 @@ TEST(DomainMatcher, ManyPatterns) {
   EXPECT_EQ(m.match("d1235.example"), nullptr);
 }
 
+// Many stars cost pattern x text steps, not text^stars: this pattern took 20 ms against
+// 30 bytes with 6 stars when every split point was tried, 4 times more per star.
+TEST(GlobMatch, ManyStarsDoNotBacktrackExponentially) {
+  std::string pattern;
+  for (int i = 0; i < 40; ++i) pattern += "*a";
+  pattern += "*b";
+  const std::string text(4000, 'a');
+  EXPECT_FALSE(glob_match(pattern, text));
+  EXPECT_FALSE(app_id_matches(pattern, text));
+  EXPECT_TRUE(glob_match(pattern, text + "b"));
+  EXPECT_TRUE(app_id_matches(pattern, text + "B"));
+  // '*' stays within a segment, '**' crosses them.
+  EXPECT_FALSE(glob_match("*a*a*b", "aa/ab"));
+  EXPECT_TRUE(glob_match("**a*b", "aa/ab"));
+  EXPECT_TRUE(glob_match("*/*a*b", "aa/ab"));
+}
+
 TEST(GlobMatch, Segments) {
   EXPECT_TRUE(glob_match("user.slice/*/app.slice/app-slack-*.scope",
                          "/user.slice/user-1000.slice/app.slice/app-slack-42.scope"));
