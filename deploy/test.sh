@@ -8,6 +8,7 @@
 #   deploy/test.sh --all              # the plain build, the ASan+UBSan build, then each fuzz
 #                                     # target briefly (what CI runs)
 #   deploy/test.sh --fuzz [SECONDS]   # only the fuzz targets (clang libFuzzer), 30 s each
+#                                     # (20 s with CI=true)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ sanitize=""
 all=0
 fuzz_only=0
 FUZZ_SECONDS=30
+fuzz_seconds_given=0
 while (($#)); do
   case $1 in
     --sanitize) sanitize=${2:?--sanitize needs address or thread}; shift 2 ;;
@@ -22,12 +24,15 @@ while (($#)); do
     --fuzz)
       fuzz_only=1
       shift
-      if [[ ${1:-} =~ ^[0-9]+$ ]]; then FUZZ_SECONDS=$1; shift; fi
+      if [[ ${1:-} =~ ^[0-9]+$ ]]; then FUZZ_SECONDS=$1; fuzz_seconds_given=1; shift; fi
       ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown option $1" >&2; exit 1 ;;
   esac
 done
+
+# CI runs each fuzz target 20 s unless --fuzz N says otherwise.
+if [[ ${CI:-} == true ]] && ((!fuzz_seconds_given)); then FUZZ_SECONDS=20; fi
 
 if [[ $(id -u) -eq 0 ]]; then
   bash deploy/install-deps.sh
@@ -63,17 +68,25 @@ run_fuzz() {
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG" -DSPLITD_WERROR=OFF \
     -DSPLITD_BUILD_BENCH=OFF >/dev/null
-  local targets=(fuzz_api fuzz_message)
+  local targets=(fuzz_api fuzz_message fuzz_config fuzz_iface_netlink fuzz_firewall_netlink fuzz_patterns)
   cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]}"
   mkdir -p build-fuzz/crashes
   local t
   for t in "${targets[@]}"; do
-    local bin
+    local bin seeds corpus=()
     bin=$(find build-fuzz/tests -type f -name "$t" -perm -u+x | head -n1)
     [[ -n $bin ]] || { echo "test.sh: fuzz target $t was not built" >&2; return 1; }
-    echo "--- $t"
+    # The committed seeds (tests/<folder>/corpus/<target>/) are copied into a scratch
+    # corpus that the fuzzer grows; the committed one is never written to.
+    seeds=$(find tests -type d -path "*/corpus/$t" | head -n1)
+    if [[ -n $seeds ]]; then
+      mkdir -p "build-fuzz/corpus/$t"
+      cp -f "$seeds"/* "build-fuzz/corpus/$t/"
+      corpus=("build-fuzz/corpus/$t")
+    fi
+    echo "--- $t${seeds:+ (seeds: $seeds)}"
     "$bin" -max_total_time="$FUZZ_SECONDS" -max_len=4096 -print_final_stats=1 \
-      -artifact_prefix=build-fuzz/crashes/"$t"- 2>&1 | tail -n 12
+      -artifact_prefix=build-fuzz/crashes/"$t"- "${corpus[@]}" 2>&1 | tail -n 12
     [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "test.sh: fuzz target $t failed" >&2; return 1; }
   done
 }
