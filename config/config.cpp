@@ -243,6 +243,17 @@ std::string check_app_name(const std::string& s) {
   return "";
 }
 
+std::string check_user_name(const std::string& name) {
+  if (name.size() > 32) return "'" + name + "' is longer than 32 characters, not a user name";
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+                    (i > 0 && ((c >= '0' && c <= '9') || c == '-' || c == '.'));
+    if (!ok) return "'" + name + "' is not a user name (letters, digits, '_', '-', '.'; not a digit or '-' first)";
+  }
+  return "";
+}
+
 std::string check_absolute_path(const std::string& path) {
   return !path.empty() && path.front() == '/' ? "" : "'" + path + "' must be an absolute path";
 }
@@ -372,6 +383,7 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
       {"api_token_file", p.string(c.daemon.api_token_file, check_absolute_path)},
       {"state_dir", p.string(c.daemon.state_dir, check_absolute_path)},
       {"exec_cgroup", p.string(c.daemon.exec_cgroup, check_cgroup_path)},
+      {"user", p.string(c.daemon.user, check_user_name)},
       {"log_level", p.choice(c.daemon.log_level, std::vector<std::pair<const char*, log::Level>>{
                                                      {"trace", log::Level::kTrace},
                                                      {"debug", log::Level::kDebug},
@@ -585,6 +597,7 @@ const KeyRule kKeys[] = {
     SPLITD_KEY("daemon.api_token_file", kRestart, daemon.api_token_file),
     SPLITD_KEY("daemon.state_dir", kRestart, daemon.state_dir),
     SPLITD_KEY("daemon.exec_cgroup", kRestart, daemon.exec_cgroup),
+    SPLITD_KEY("daemon.user", kRestart, daemon.user),
     SPLITD_KEY("daemon.log_level", kRestart, daemon.log_level),
     SPLITD_KEY("interfaces.physical", kRestart, interfaces.physical),
     SPLITD_KEY("interfaces.tunnel", kRestart, interfaces.tunnel),

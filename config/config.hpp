@@ -24,6 +24,9 @@ struct DaemonSection {
   // Where `splitctl exec` cgroups live, relative to the cgroup2 mount ("/splitd-exec");
   // "" = "splitd-exec" below splitd's own cgroup (its unit's, under systemd).
   std::string exec_cgroup;
+  // The user splitd switches to after setup when it exists (it keeps only the
+  // capabilities it uses either way); "" = stay uid 0.
+  std::string user = "splitd";
   log::Level log_level = log::Level::kInfo;
   friend bool operator==(const DaemonSection&, const DaemonSection&) = default;
 };
