@@ -1,5 +1,7 @@
 #include "daemon/run.hpp"
 
+#include "daemon/notify.hpp"
+#include "daemon/privileges.hpp"
 #include "daemon/runtime.hpp"
 
 #include <signal.h>
@@ -167,8 +169,17 @@ int run(const std::string& path, bool path_given) {
     return kExitRuntime;
   }
 
-  Runtime runtime(std::move(*cfg), path);
+  Runtime runtime(*cfg, path);
   if (const int rc = runtime.start(); rc != kExitOk) return rc;
+  // Setup is done (table, policy routing, listeners, API socket, state dir, exec cgroups)
+  // and the workers run: the drop reaches every thread. A daemon that cannot drop stops
+  // through ~Runtime, which removes its footprint.
+  if (auto dropped = drop_privileges(*cfg); !dropped) {
+    log::error("privileges: ", dropped.error(), "; stopping");
+    return kExitRuntime;
+  }
+  // Only now: systemd's READY=1 promises the daemon it keeps running, privileges included.
+  notify_ready();
   return runtime.run();
 }
 

@@ -7,9 +7,10 @@ set -euo pipefail
 
 PACKAGES=(
   # build
-  cmake g++ make pkg-config git clang  # clang: the libFuzzer targets
+  cmake g++ make pkg-config git clang libclang-rt-14-dev  # clang: the libFuzzer targets
   libboost1.81-dev libmnl-dev libnftnl-dev libcap-dev libtomlplusplus-dev
   nlohmann-json3-dev libsodium-dev
+  libsystemd-dev  # daemon/notify: sd_notify and the watchdog for Type=notify
   libknot-dev  # dns/: the DNS wire library (Knot DNS's, fuzzed in OSS-Fuzz)
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   # runtime and lab
@@ -23,6 +24,9 @@ PACKAGES=(
   dnsperf dnsdist
   # promtool (checks /metrics); the package's service is not started
   prometheus
+  # systemd-analyze (deploy/check-unit.sh verifies deploy/splitd.service offline). Never
+  # systemd-resolved, libnss-resolve or resolvconf: they would take over /etc/resolv.conf.
+  systemd
 )
 
 if [[ $(id -u) -ne 0 ]]; then
