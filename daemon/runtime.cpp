@@ -1,5 +1,7 @@
 #include "daemon/runtime.hpp"
 
+#include "daemon/notify.hpp"
+
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -358,6 +360,7 @@ int Runtime::start() {
     repair_timer_.cancel();
     backoff_timer_.cancel();
     summary_timer_.cancel();
+    watchdog_timer_.cancel();
   });
 
   // The control executor yields to the data path: a dashboard fetching /connections in
@@ -376,6 +379,7 @@ int Runtime::start() {
 }
 
 int Runtime::run() {
+  if (const auto every = watchdog_interval(); every.count() > 0) arm_watchdog(every / 2);
   ctx_.run();
   stop();
   return exit_code_;
@@ -384,6 +388,7 @@ int Runtime::run() {
 void Runtime::stop() {
   if (stopped_) return;
   stopped_ = true;
+  notify_stopping();
   if (api_) api_->set_ready(false);
   stack_.unwind();
   if (sessions_) {
@@ -695,6 +700,20 @@ void Runtime::apply_vpn_servers() {
 }
 
 void Runtime::reload() {
+  notify_reloading();
+  reload_config();
+  notify_ready();
+}
+
+void Runtime::arm_watchdog(std::chrono::microseconds every) {
+  notify_watchdog();
+  watchdog_timer_.expires_after(every);
+  watchdog_timer_.async_wait([this, every](boost::system::error_code ec) {
+    if (!ec) arm_watchdog(every);
+  });
+}
+
+void Runtime::reload_config() {
   // A file that is missing now (an editor replacing it) keeps the running config; the
   // built-in defaults apply only when splitd starts without a file.
   if (config_path_.empty() || ::access(config_path_.c_str(), F_OK) != 0) {

@@ -109,9 +109,13 @@ class Runtime final : public api::Backend {
   void on_footprint_events();
   void request_repair(const std::string& why, const std::string& culprit);
   void arm_repair_timer();
+  // systemd's watchdog (WatchdogSec=): a ping every half interval from the control loop,
+  // so a wedged loop gets splitd restarted.
+  void arm_watchdog(std::chrono::microseconds every);
   void arm_summary_timer();
   void on_signal(int sig);
-  void reload();
+  void reload();  // SIGHUP: tells systemd RELOADING=1, then READY=1
+  void reload_config();
   void apply_rules();
   api::Result<api::Ok> edited(api::Result<api::Ok> r, const std::string& what);
   void apply_vpn_servers();
@@ -141,7 +145,7 @@ class Runtime final : public api::Backend {
   Fd signal_fd_, wake_fd_;
   std::unique_ptr<net::asio::posix::stream_descriptor> signal_desc_, wake_desc_, rule_events_desc_,
       nft_events_desc_;
-  net::asio::steady_timer repair_timer_{ctx_}, summary_timer_{ctx_}, backoff_timer_{ctx_};
+  net::asio::steady_timer repair_timer_{ctx_}, summary_timer_{ctx_}, backoff_timer_{ctx_}, watchdog_timer_{ctx_};
   // Repairs of the last kFightWindow: another program undoing splitd's footprint again and
   // again gets repairs further and further apart, never a busy loop.
   std::deque<std::chrono::steady_clock::time_point> recent_repairs_;
