@@ -54,6 +54,10 @@ run_suite() {
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG" \
     -DSPLITD_WERROR=ON "${opts[@]}" >/dev/null
   cmake --build "$dir" -j"$(nproc)"
+  if [[ $kind == plain ]]; then
+    echo "=== systemd unit (deploy/splitd.service, offline)"
+    bash deploy/check-unit.sh "$dir/daemon/splitd"
+  fi
   echo "=== tests ($kind)"
   # Sanitizer reports must fail the test that triggered them.
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
