@@ -212,27 +212,35 @@ std::uint32_t Firewall::wanted_flags(const FirewallConfig& config) const {
 }
 
 Expected<void, FirewallError> Firewall::commit_table(const FirewallConfig& config) {
-  for (;;) {
-    const std::uint32_t flags = wanted_flags(config);
-    NftBatch batch = install_batch(config, flags);
-    auto result = batch.commit(impl_->nft);
-    if (result) {
-      impl_->table_flags = flags;
-      return result;
-    }
-    const int err = batch.failure_errno();
-    if (flags == 0 || (err != EOPNOTSUPP && err != EINVAL)) return result;
-    // Old kernels: NFT_TABLE_F_OWNER before 5.12, NFT_TABLE_F_PERSIST before 6.9.
-    const std::uint32_t refused =
-        (flags & kTablePersist) != 0 ? kTablePersist : static_cast<std::uint32_t>(NFT_TABLE_F_OWNER);
-    impl_->refused_flags |= refused;
-    log::info("firewall: this kernel cannot ", refused == kTablePersist ? "keep an owned table after a crash"
-                                                                         : "give a table an owner",
-              " (", std::strerror(err), "); ",
-              config.persist_table || refused == NFT_TABLE_F_OWNER
-                  ? "the table is not owned and splitd repairs any change to it"
-                  : "the table is owned but goes with the process");
+  const std::uint32_t flags = wanted_flags(config);
+  NftBatch batch = install_batch(config, flags);
+  auto result = batch.commit(impl_->nft);
+  if (result) {
+    impl_->table_flags = flags;
+    return result;
   }
+  const int err = batch.failure_errno();
+  if (flags == 0 || (err != EOPNOTSUPP && err != EINVAL)) return result;
+  // Old kernels: NFT_TABLE_F_OWNER before 5.12, NFT_TABLE_F_PERSIST before 6.9. The same
+  // errors can have other causes (an expression this kernel lacks): the flags are taken
+  // for the culprit only if the batch goes through without them, and then for good.
+  const std::uint32_t refused =
+      (flags & kTablePersist) != 0 ? kTablePersist : static_cast<std::uint32_t>(NFT_TABLE_F_OWNER);
+  const std::uint32_t saved = impl_->refused_flags;
+  impl_->refused_flags |= refused;
+  if (wanted_flags(config) != flags) {
+    if (auto retried = commit_table(config); retried) {
+      log::warn("firewall: this kernel cannot ", refused == kTablePersist ? "keep an owned table after a crash"
+                                                                           : "give a table an owner",
+                " (", std::strerror(err), "); ",
+                config.persist_table || refused == NFT_TABLE_F_OWNER
+                    ? "the table is not owned and splitd repairs any change to it"
+                    : "the table is owned but goes with the process");
+      return retried;
+    }
+  }
+  impl_->refused_flags = saved;
+  return result;
 }
 
 Expected<TableSignature, FirewallError> Firewall::read_signature() {
