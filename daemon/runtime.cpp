@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -342,10 +343,10 @@ int Runtime::start() {
 
   // Policy-rule events (wg-quick coming up puts its rules before splitd's) wake the
   // executor; a dup so that the descriptor's close leaves the firewall's socket alone.
-  signal_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(signal_fd_.get()));
-  wake_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(wake_fd_.get()));
-  rule_events_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(firewall_->rule_events_fd()));
-  nft_events_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::dup(firewall_->nft_events_fd()));
+  signal_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::fcntl(signal_fd_.get(), F_DUPFD_CLOEXEC, 0));
+  wake_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::fcntl(wake_fd_.get(), F_DUPFD_CLOEXEC, 0));
+  rule_events_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::fcntl(firewall_->rule_events_fd(), F_DUPFD_CLOEXEC, 0));
+  nft_events_desc_ = std::make_unique<asio::posix::stream_descriptor>(ctx_, ::fcntl(firewall_->nft_events_fd(), F_DUPFD_CLOEXEC, 0));
   wait_signal();
   wait_wake();
   wait_footprint_events(*rule_events_desc_);
@@ -578,42 +579,59 @@ void Runtime::on_footprint_events() {
   if (ev.policy) counters_.firewall_changes_policy++;
   if (ev.route) counters_.firewall_changes_route++;
   if (ev.lost) counters_.firewall_events_lost++;
+  // A change to splitd's table is repaired even if the read-back looks intact: not every
+  // change shows in it (set elements, a rule replaced under its handle). It stays due
+  // until a repair succeeds, also through a backoff.
+  if (ev.nftables) foreign_table_change_ = true;
   if (!enabled_) return;
-  // A change to splitd's table is always repaired (the table is replaced as a whole);
-  // rule and route events are anyone's, so they are checked first.
-  if (!ev.nftables && !ev.lost && firewall_->intact(*fwcfg_)) return;
-  std::string what = ev.nftables ? "table inet splitd changed"
-                     : ev.route  ? "splitd's route table changed"
-                     : ev.policy ? "policy routing changed"
-                                 : "events lost, footprint differs";
+  // Rule and route events are anyone's, and lost events (ENOBUFS: the host's route churn
+  // can overrun the socket) say only that something may have changed: checked first.
+  if (!foreign_table_change_ && firewall_->intact(*fwcfg_)) return;
+  std::string what = foreign_table_change_ ? "table inet splitd changed"
+                     : ev.route            ? "splitd's route table changed"
+                     : ev.policy           ? "policy routing changed"
+                                           : "events lost, footprint differs";
   request_repair(what, ev.culprit);
 }
 
 void Runtime::request_repair(const std::string& why, const std::string& culprit) {
-  if (repair_scheduled_) return;  // a backed-off repair is already due
+  if (repair_scheduled_) return;  // a delayed repair is already due
   const auto now = std::chrono::steady_clock::now();
   while (!recent_repairs_.empty() && now - recent_repairs_.front() > kFightWindow) recent_repairs_.pop_front();
+  // A fight ends after a quiet window, not when the count of the window drops below the
+  // threshold: a steady fighter stays at the longest delay.
+  if (fight_level_ > 0 && now - last_repair_request_ > kFightWindow) fight_level_ = 0;
+  last_repair_request_ = now;
   const std::string by = culprit.empty() ? std::string() : " by " + culprit;
-  if (recent_repairs_.size() < kFightRepairs) {
+  if (now < repair_not_before_) {  // the last attempt failed: retry when its pause ends
+    schedule_repair(repair_not_before_ - now, why + by + ", retried");
+    return;
+  }
+  if (fight_level_ == 0 && recent_repairs_.size() < kFightRepairs) {
     log::warn("firewall: ", why, by, ": restoring it");
     repair(why + by);
     return;
   }
   // A fight: repair later, each time twice as late.
-  const std::size_t over = std::min<std::size_t>(recent_repairs_.size() - kFightRepairs, 16);
-  const auto delay = std::min<std::chrono::steady_clock::duration>(kFightFirstDelay * (1u << over), kFightMaxDelay);
+  const auto delay = std::min<std::chrono::steady_clock::duration>(
+      kFightFirstDelay * (1u << std::min<unsigned>(fight_level_, 16)), kFightMaxDelay);
+  fight_level_++;
   counters_.firewall_repair_backoffs++;
   log::error("firewall: another program keeps undoing splitd's footprint (", why, by, "): ",
              recent_repairs_.size(), " repairs in ", kFightWindow.count(), " s; next repair in ",
              std::chrono::duration_cast<std::chrono::milliseconds>(delay).count(),
              " ms. Find that program (a VPN client's or firewall manager's reload) and exclude "
              "table inet splitd and its rules from it");
+  schedule_repair(delay, why + by + ", after backing off");
+}
+
+void Runtime::schedule_repair(std::chrono::steady_clock::duration delay, std::string why) {
   repair_scheduled_ = true;
   backoff_timer_.expires_after(delay);
-  backoff_timer_.async_wait([this, why, by](boost::system::error_code ec) {
+  backoff_timer_.async_wait([this, why = std::move(why)](boost::system::error_code ec) {
     repair_scheduled_ = false;
     if (ec) return;
-    if (may_repair() && !firewall_->intact(*fwcfg_)) repair(why + by + ", after backing off");
+    if (may_repair() && (foreign_table_change_ || !firewall_->intact(*fwcfg_))) repair(why);
   });
 }
 
@@ -623,7 +641,7 @@ void Runtime::arm_repair_timer() {
     if (ec) return;
     // The events repair at once; this check is the net under them (a kernel without
     // nftables events, a change whose events were lost).
-    if (may_repair() && !firewall_->intact(*fwcfg_)) {
+    if (may_repair() && (foreign_table_change_ || !firewall_->intact(*fwcfg_))) {
       request_repair("the footprint differs from what splitd installed (periodic check)", "");
     }
     apply_vpn_servers();  // one that failed earlier is retried here
@@ -672,8 +690,10 @@ void Runtime::repair(const std::string& why) {
     log::error("firewall: ", r.error().message, "; retrying in 1 s");
     counters_.firewall_repair_failures++;
     repair_not_before_ = std::chrono::steady_clock::now() + kRepairBackoff;
+    schedule_repair(kRepairBackoff, why + ", retried");
     return;
   }
+  foreign_table_change_ = false;
   // The repair's own events (splitd's rules and routes) are read and dropped as splitd's.
   counters_.firewall_repairs++;
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
@@ -693,6 +713,7 @@ void Runtime::apply_vpn_servers() {
   next.vpn_servers = std::move(servers);
   if (auto r = firewall_->install(next); r) {
     *fwcfg_ = std::move(next);
+    foreign_table_change_ = false;  // the table was replaced as a whole
   } else {
     log::error("firewall: adding VPN servers: ", r.error().message, "; retrying in 1 s");
     repair_not_before_ = std::chrono::steady_clock::now() + kRepairBackoff;
@@ -754,6 +775,7 @@ void Runtime::reload_config() {
     auto r = enabled_ ? firewall_->install(fw_next) : Expected<void, firewall::FirewallError>{};
     if (r) {
       *fwcfg_ = fw_next;
+      if (enabled_) foreign_table_change_ = false;
       cfg_.firewall.mark = next.firewall.mark;
       cfg_.firewall.route_table = next.firewall.route_table;
       cfg_.firewall.ipv6 = next.firewall.ipv6;
@@ -832,6 +854,7 @@ api::Result<api::Ok> Runtime::set_enabled(bool enabled) {
     if (auto r = firewall_->install(*fwcfg_); !r) {
       return unexpected(api::ApiError{500, "firewall", "interception could not be installed: " + r.error().message});
     }
+    foreign_table_change_ = false;
   } else if (auto r = firewall_->remove(); !r) {
     return unexpected(api::ApiError{500, "firewall", "interception could not be removed: " + r.error().message});
   }

@@ -109,6 +109,7 @@ class Runtime final : public api::Backend {
   void on_footprint_events();
   void request_repair(const std::string& why, const std::string& culprit);
   void arm_repair_timer();
+  void schedule_repair(std::chrono::steady_clock::duration delay, std::string why);
   // systemd's watchdog (WatchdogSec=): a ping every half interval from the control loop,
   // so a wedged loop gets splitd restarted.
   void arm_watchdog(std::chrono::microseconds every);
@@ -150,6 +151,11 @@ class Runtime final : public api::Backend {
   // again gets repairs further and further apart, never a busy loop.
   std::deque<std::chrono::steady_clock::time_point> recent_repairs_;
   bool repair_scheduled_ = false;
+  // Another program changed table inet splitd and no repair has succeeded since.
+  bool foreign_table_change_ = false;
+  // How many delayed repairs in a row (0: not fighting); reset after a quiet kFightWindow.
+  unsigned fight_level_ = 0;
+  std::chrono::steady_clock::time_point last_repair_request_{};
 
   // Declared before the cache: its thread calls into them until the cache stops.
   std::unique_ptr<RpFilterGuard> rp_filter_;
