@@ -503,11 +503,10 @@ std::uint64_t kept_capabilities(const PrivilegeNeeds& needs) {
   std::uint64_t keep = bit(CAP_NET_ADMIN) | bit(CAP_NET_BIND_SERVICE);
   if (needs.old_kernel) keep |= bit(CAP_NET_RAW);
   if (needs.identification) keep |= bit(CAP_SYS_PTRACE);
-  if (needs.exec_cgroups) {
-    keep |= bit(CAP_DAC_OVERRIDE);
-  } else if (needs.identification) {
-    keep |= bit(CAP_DAC_READ_SEARCH);
-  }
+  // CAP_DAC_READ_SEARCH also with CAP_DAC_OVERRIDE: open_by_handle_at (the cgroup
+  // map's fallback) checks for it by name.
+  if (needs.identification) keep |= bit(CAP_DAC_READ_SEARCH);
+  if (needs.exec_cgroups) keep |= bit(CAP_DAC_OVERRIDE);
   return keep;
 }
 

@@ -33,11 +33,11 @@ struct PrivilegeNeeds {
 //   CAP_SYS_PTRACE        identification: readlink of /proc/PID/exe and /proc/PID/fd/N passes
 //                         ptrace_may_access(), which other users' and fully privileged root's
 //                         processes grant only with it (CAP_DAC_READ_SEARCH does not).
-//   CAP_DAC_READ_SEARCH   identification without exec_cgroups: listing /proc/PID/fd (mode 0500,
-//                         owned by the process's user) of any other user's process, as root
-//                         too; CAP_DAC_OVERRIDE covers it when kept. It also lets
+//   CAP_DAC_READ_SEARCH   identification: listing /proc/PID/fd (mode 0500, owned by the
+//                         process's user) of any other user's process, as root too; and
 //                         CgroupMap::resolve_by_handle (open_by_handle_at, the fallback after
-//                         inotify and the rewalk) work.
+//                         inotify and the rewalk), which asks for this capability by name
+//                         (CAP_DAC_OVERRIDE does not stand in for it there).
 //   CAP_DAC_OVERRIDE      exec_cgroups: moving a process needs write access to cgroup.procs of
 //                         the common ancestor of its old and new cgroup (the root cgroup's,
 //                         owned by root), which chowning splitd's own cgroups cannot give; and

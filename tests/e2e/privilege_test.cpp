@@ -11,6 +11,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -46,12 +47,18 @@ bool kernel_before_5_7() {
 // The set the daemon must hold in the lab, where app identification and exec cgroups work,
 // as the user splitd and as root alike.
 std::uint64_t expected_caps() {
-  std::uint64_t caps = bit(CAP_NET_ADMIN) | bit(CAP_NET_BIND_SERVICE) | bit(CAP_SYS_PTRACE) | bit(CAP_DAC_OVERRIDE);
+  std::uint64_t caps = bit(CAP_NET_ADMIN) | bit(CAP_NET_BIND_SERVICE) | bit(CAP_SYS_PTRACE) | bit(CAP_DAC_READ_SEARCH) |
+                        bit(CAP_DAC_OVERRIDE);
   if (kernel_before_5_7()) caps |= bit(CAP_NET_RAW);
   return caps;
 }
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SPLITD_TEST_SANITIZER 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__) || defined(SPLITD_TEST_SANITIZER)
 constexpr bool kSanitizerBuild = true;  // a sanitizer runtime's thread blocks every signal: splitd cannot reach it
 #else
 constexpr bool kSanitizerBuild = false;
@@ -126,6 +133,21 @@ std::string config_with_app_rule(const std::string& user) {
 // (TearDown runs after failed assertions too).
 class Privileges : public ::testing::Test {
  protected:
+  // Users of earlier runs that were killed before their TearDown: their pid is gone.
+  static void SetUpTestSuite() {
+    std::ifstream passwd("/etc/passwd");
+    std::string line;
+    std::vector<std::string> stale;
+    while (std::getline(passwd, line)) {
+      const std::string name = line.substr(0, line.find(':'));
+      if (name.rfind("sdtest", 0) != 0 || name.size() == 6 ||
+          name.find_first_not_of("0123456789", 6) != std::string::npos) {
+        continue;
+      }
+      if (::kill(static_cast<pid_t>(std::stol(name.substr(6))), 0) != 0 && errno == ESRCH) stale.push_back(name);
+    }
+    for (const auto& name : stale) lab::run_command({"userdel", "-f", name});
+  }
   void TearDown() override { remove_user(); }
 
   static std::optional<passwd> find_user() {
