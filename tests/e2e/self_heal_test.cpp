@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/e2e/leak_counter.hpp"
 #include "tests/e2e/splitd_process.hpp"
 #include "tests/e2e/udp_client.hpp"
 #include "tests/lab/lab.hpp"
@@ -177,29 +178,6 @@ class KernelEvents {
   std::mutex mu_;
   std::vector<Event> events_;
 };
-
-// A counter in wan for every packet to the tunnel-routed servers (198.51.100.10 and
-// 2001:db8:1::10): a leak out the physical interface shows up there.
-void add_leak_counter(const lab::Lab& lab) {
-  ASSERT_EQ(lab.exec(lab.wan_ns(),
-                     "nft add table inet leak && "
-                     "nft add chain inet leak pre '{ type filter hook prerouting priority -300; }' && "
-                     "nft add rule inet leak pre ip daddr 198.51.100.10 counter && "
-                     "nft add rule inet leak pre ip6 daddr 2001:db8:1::10 counter")
-                .exit_code,
-            0);
-}
-
-// Packets counted so far (both families).
-std::uint64_t leaked(const lab::Lab& lab) {
-  const std::string out = lab.exec(lab.wan_ns(), "nft list table inet leak").out;
-  std::uint64_t total = 0;
-  for (std::size_t at = out.find("counter packets "); at != std::string::npos;
-       at = out.find("counter packets ", at + 1)) {
-    total += std::stoull(out.substr(at + 16));
-  }
-  return total;
-}
 
 // Traffic of the host's apps to the tunnel-routed servers while a test runs: a UDP
 // datagram (port 7 and DNS's 53) and a TCP connection attempt to each family's server
@@ -404,7 +382,7 @@ TEST(SelfHeal, ACrashWithTheKillSwitchOnLeaksNothingAndCleanupGivesTheHostBack) 
   const std::string cfg = lab_config("exclude", kExcludeWanServers);
   auto splitd = SplitdProcess::start(*lab, cfg);
   expect_split_works(*lab);
-  const std::uint64_t before = leaked(*lab);
+  const std::uint64_t before = leaked_packets(*lab);
   splitd->kill_hard();
   EXPECT_NE(lab->exec(lab->host_ns(), "nft list tables").out.find("inet splitd"), std::string::npos);
   {
@@ -414,9 +392,9 @@ TEST(SelfHeal, ACrashWithTheKillSwitchOnLeaksNothingAndCleanupGivesTheHostBack) 
     EXPECT_GT(traffic.sent(), 100u);
     std::printf("  dead splitd: %llu packets sent to tunnel-routed servers, %llu leaked\n",
                 static_cast<unsigned long long>(traffic.sent()),
-                static_cast<unsigned long long>(leaked(*lab) - before));
+                static_cast<unsigned long long>(leaked_packets(*lab) - before));
   }
-  EXPECT_EQ(leaked(*lab), before);
+  EXPECT_EQ(leaked_packets(*lab), before);
   // Direct destinations are refused too while splitd is dead (fail closed, not black
   // holed: the refusal is immediate and systemd restarts splitd within a second).
   EXPECT_FALSE(starts_with(curl(*lab, "--max-time 2 http://203.0.113.10/"), "wan"));
@@ -484,11 +462,11 @@ TEST_P(LeakMatrix, TunnelRoutedTrafficNeverLeavesByThePhysicalSide) {
     std::uint64_t leaked = 0;
   };
   std::vector<Step> steps;
-  std::uint64_t mark = leaked(*lab);
+  std::uint64_t mark = leaked_packets(*lab);
   const auto step = [&](const std::string& what, const std::function<void()>& act) {
     act();
     std::this_thread::sleep_for(300ms);
-    const std::uint64_t now = leaked(*lab);
+    const std::uint64_t now = leaked_packets(*lab);
     steps.push_back({what, now - mark});
     mark = now;
   };

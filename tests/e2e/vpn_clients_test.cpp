@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/fd.hpp"
+#include "tests/e2e/leak_counter.hpp"
 #include "tests/e2e/splitd_process.hpp"
 #include "tests/e2e/tcp_client.hpp"
 #include "tests/e2e/udp_client.hpp"
@@ -77,22 +78,6 @@ std::string session_list(const SplitdProcess& splitd) {
   std::this_thread::sleep_for(100ms);
   const std::string log = splitd.log();
   return log.size() > before ? log.substr(before) : "";
-}
-
-// A counter in wan for every packet to the tunnel-only servers: a leak shows up there.
-void add_leak_counter(const lab::Lab& lab) {
-  ASSERT_EQ(lab.exec(lab.wan_ns(),
-                     "nft add table inet leak && "
-                     "nft add chain inet leak pre '{ type filter hook prerouting priority -300; }' && "
-                     "nft add rule inet leak pre ip daddr 198.51.100.10 counter && "
-                     "nft add rule inet leak pre ip6 daddr 2001:db8:1::10 counter")
-                .exit_code,
-            0);
-}
-void expect_no_leak(const lab::Lab& lab) {
-  const std::string counter = lab.exec(lab.wan_ns(), "nft list table inet leak").out;
-  EXPECT_NE(counter.find("ip daddr 198.51.100.10 counter packets 0 bytes 0"), std::string::npos) << counter;
-  EXPECT_NE(counter.find("ip6 daddr 2001:db8:1::10 counter packets 0 bytes 0"), std::string::npos) << counter;
 }
 
 class VpnClients : public ::testing::TestWithParam<Vpn> {
