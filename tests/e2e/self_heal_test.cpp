@@ -301,8 +301,8 @@ TEST(SelfHeal, EveryChangeIsRepairedWithin100ms) {
   for (const Case& c : cases) {
     std::vector<double> samples;
     for (int round = 0; round < 2; ++round) {
-      // Fewer than the 20 repairs per 10 s that count as a fight: pause between rounds.
-      std::this_thread::sleep_for(400ms);
+      // Well below the 20 repairs per 10 s that count as a fight: pause between rounds.
+      std::this_thread::sleep_for(700ms);
       events.clear();
       const auto r = lab->exec(lab->host_ns(), c.cmd);
       ASSERT_EQ(r.exit_code, 0) << c.cmd << ": " << r.err;
@@ -453,6 +453,9 @@ TEST_P(LeakMatrix, TunnelRoutedTrafficNeverLeavesByThePhysicalSide) {
                                            : kExcludeWanServers;
   const std::string cfg = lab_config(mc.mode, ips, "", mc.owned ? "" : "table_owner = false");
   auto splitd = SplitdProcess::start(*lab, cfg);
+  if (mc.owned && metrics(*lab).find("splitd_firewall_table_owned 1") == std::string::npos) {
+    GTEST_SKIP() << "this kernel does not let splitd own a table that outlives a crash (Linux >= 6.9)";
+  }
   EXPECT_TRUE(starts_with(curl(*lab, "http://198.51.100.10/"), "vpn "));
 
   const auto started = Clock::now();
