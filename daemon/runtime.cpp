@@ -327,6 +327,9 @@ int Runtime::start() {
   if (enabled_) {
     if (auto r = firewall_->install(*fwcfg_); !r) return fail("firewall: " + r.error().message);
   } else {
+    // A crashed run's table (kept to hold its kill switch closed) must not outlive a
+    // start that was told to stay out of the way.
+    if (auto r = firewall_->remove(); !r) return fail("firewall: removing an earlier run's table: " + r.error().message);
     log::warn("interception is disabled (splitctl disable, kept in ", store_.path(),
               "): traffic follows the system's routing until `splitctl enable`");
   }

@@ -412,6 +412,30 @@ TEST(SelfHeal, ACrashWithTheKillSwitchOnLeaksNothingAndCleanupGivesTheHostBack) 
   EXPECT_EQ(lab->exec(lab->host_ns(), "nft list tables").out.find("splitd"), std::string::npos);
 }
 
+// A start with interception disabled (splitctl disable, kept in state_dir) after a crash
+// removes the crashed run's table: the kill switch it kept closed must not outlive a
+// splitd told to stay out of the way.
+TEST(SelfHeal, AStartWithInterceptionDisabledRemovesACrashedRunsTable) {
+  auto lab = SPLITD_LAB_OR_SKIP(lab::LabOptions{true});
+  const std::string cfg = lab_config("exclude", kExcludeWanServers);
+  const std::string api = "curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST --unix-socket " +
+                          api_socket_path(*lab) + " http://splitd/api/v1/";
+  const std::string state = lab->state_dir() + "/splitd-state/rules.json";
+  auto splitd = SplitdProcess::start(*lab, cfg);
+  ASSERT_EQ(lab->exec(lab->host_ns(), api + "disable").out, "200");
+  ASSERT_EQ(lab->exec(lab->host_ns(), "cp " + state + " " + state + ".disabled").exit_code, 0);
+  ASSERT_EQ(lab->exec(lab->host_ns(), api + "enable").out, "200");
+  splitd->kill_hard();
+  ASSERT_NE(lab->exec(lab->host_ns(), "nft list tables").out.find("inet splitd"), std::string::npos);
+  ASSERT_EQ(lab->exec(lab->host_ns(), "mv " + state + ".disabled " + state).exit_code, 0);
+  splitd = SplitdProcess::start(*lab, cfg);
+  ASSERT_TRUE(splitd->wait_for_log("interception is disabled")) << splitd->log();
+  EXPECT_EQ(lab->exec(lab->host_ns(), "nft list tables").out.find("splitd"), std::string::npos);
+  // The host's own routes (the VPN's default route) carry everything.
+  EXPECT_TRUE(starts_with(curl(*lab, "http://203.0.113.10/"), "vpn "));
+  EXPECT_EQ(splitd->terminate(), 0);
+}
+
 // Without the kill switch (on_tunnel_down = "direct") a crashed splitd's owned table
 // goes with it: the host falls back to its own routes at once, nothing is black-holed.
 TEST(SelfHeal, ACrashWithoutTheKillSwitchLeavesTheHostItsRoutes) {
