@@ -60,8 +60,8 @@ struct Firewall::Impl {
   netlink::Socket rule_events;  // rtnetlink: anyone's policy rules, and routes (filtered to ours)
   netlink::Socket nft_events;   // NFNLGRP_NFTABLES: every nftables change of the namespace
   std::uint32_t priority = 0;   // of splitd's rules as installed (may be below the config's)
-  // NFT_TABLE_F_* the kernel accepted; `flags_tried` records that a refusal was seen, so
-  // later installs do not retry flags this kernel lacks.
+  // NFT_TABLE_F_* the kernel accepted; `refused_flags` those it refused (seen once, so
+  // later installs do not retry flags this kernel lacks).
   std::uint32_t table_flags = 0;
   std::uint32_t refused_flags = 0;
   std::uint32_t route_table = 0;  // of the last install, to filter route events
@@ -243,7 +243,7 @@ Expected<void, FirewallError> Firewall::commit_table(const FirewallConfig& confi
   return result;
 }
 
-Expected<TableSignature, FirewallError> Firewall::read_signature() {
+Expected<TableSignature, FirewallError> Firewall::read_signature() const {
   auto chains = nft_list_chains(impl_->nft, NFPROTO_INET);
   if (!chains) return unexpected(chains.error());
   TableSignature sig;
@@ -302,17 +302,6 @@ FootprintEvents Firewall::drain_events() {
 
 int Firewall::rule_events_fd() const { return impl_->rule_events.fd(); }
 
-bool Firewall::drain_rule_events() {
-  bool any = false;
-  for (int i = 0; i < 256; ++i) {
-    auto d = impl_->rule_events.try_receive();
-    if (!d) return true;  // ENOBUFS: events lost; a check is due anyway
-    if (d->empty()) return any;
-    any = true;
-  }
-  return true;
-}
-
 Expected<void, FirewallError> Firewall::remove() {
   // The table first, so nothing is marked any more when the routes go.
   NftBatch batch = remove_batch();
@@ -336,7 +325,7 @@ bool Firewall::installed() const {
 bool Firewall::intact(const FirewallConfig& config) const {
   if (!installed()) return false;
   if (!impl_->signature.empty()) {
-    auto now = const_cast<Firewall*>(this)->read_signature();
+    auto now = read_signature();
     if (!now || *now != impl_->signature) return false;
   }
   for (int family : {AF_INET, AF_INET6}) {

@@ -130,8 +130,6 @@ class Firewall final : public FirewallBackend {
   int rule_events_fd() const;
   int nft_events_fd() const;
   FootprintEvents drain_events();
-  // The same for the rule socket alone; true when anything was queued or lost.
-  bool drain_rule_events();
 
   static std::vector<Cidr> default_never_intercept() {
     return FirewallConfig::default_never_intercept();
@@ -147,7 +145,7 @@ class Firewall final : public FirewallBackend {
   // with fewer flags when the kernel refuses them).
   std::uint32_t wanted_flags(const FirewallConfig& config) const;
   Expected<void, FirewallError> commit_table(const FirewallConfig& config);
-  Expected<std::vector<std::pair<std::string, std::vector<std::uint64_t>>>, FirewallError> read_signature();
+  Expected<std::vector<std::pair<std::string, std::vector<std::uint64_t>>>, FirewallError> read_signature() const;
   std::unique_ptr<Impl> impl_;
 };
 
