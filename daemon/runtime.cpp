@@ -308,7 +308,11 @@ int Runtime::start() {
   popts.connect_timeout = cfg_.proxy.connect_timeout;
   popts.idle_timeout = cfg_.proxy.idle_timeout;
   popts.ipv6 = cfg_.firewall.ipv6;
-  tcp_ = std::make_unique<proxy::TcpProxy>(popts, *classifier_, *sessions_);
+  // The data path's threads: one reactor per CPU, both proxies on each.
+  reactors_ = std::make_unique<proxy::ReactorPool>();
+  if (auto r = reactors_->start(); !r) return fail("reactors: " + r.error());
+  stack_.push("reactors", [this] { reactors_->stop(); });
+  tcp_ = std::make_unique<proxy::TcpProxy>(popts, *classifier_, *sessions_, *reactors_);
   // Listeners first: the rules must never steer flows to a port nobody listens on.
   if (auto r = tcp_->start(); !r) return fail("tcp proxy: " + r.error());
   stack_.push("tcp proxy", [this] { tcp_->stop(); });

@@ -28,6 +28,7 @@ struct FirewallConfig;
 namespace splitd::proxy {
 class Classifier;
 class SessionTable;
+class ReactorPool;
 class TcpProxy;
 class UdpProxy;
 }  // namespace splitd::proxy
@@ -168,6 +169,7 @@ class Runtime final : public api::Backend {
   std::unique_ptr<proxy::Classifier> classifier_;
   std::unique_ptr<firewall::Firewall> firewall_;
   std::unique_ptr<firewall::FirewallConfig> fwcfg_;
+  std::unique_ptr<proxy::ReactorPool> reactors_;
   std::unique_ptr<proxy::TcpProxy> tcp_;
   std::unique_ptr<proxy::UdpProxy> udp_;
   std::unique_ptr<dns::Forwarder> forwarder_;

@@ -1,12 +1,9 @@
 #include "proxy/tcp_proxy.hpp"
 
 #include <fcntl.h>
-#include <pthread.h>
-#include <sched.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -16,14 +13,13 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
-#include <mutex>
 #include <random>
-#include <thread>
 #include <tuple>
 #include <vector>
 
 #include "common/fd.hpp"
 #include "common/log.hpp"
+#include "proxy/splice_pump.hpp"
 #include "proxy/tcp_info.hpp"
 
 namespace splitd::proxy {
@@ -32,19 +28,17 @@ namespace {
 
 constexpr int kListenBacklog = 4096;
 constexpr int kPortAttempts = 32;
-constexpr int kMaxEvents = 256;
 constexpr int kAcceptBatch = 64;         // accepts per listener event (it is level-triggered)
 constexpr int kPumpRounds = 16;          // splice rounds per turn before other flows get theirs
-constexpr std::size_t kSpliceChunk = 1 << 20;  // ask for up to the pipe's capacity
-constexpr int kPipeSize = 1024 * 1024;  // fewer splices per byte than 64 KiB; pages only while full
-constexpr std::size_t kPipePoolMax = 64;
-constexpr std::size_t kUrgentChunk = 4096;  // PIPE_BUF: fits an empty pipe of any size, at once
 constexpr std::int64_t kPacketsEveryMs = 100;
 constexpr std::int64_t kAcceptPauseMs = 50;
 
-// Low bits of epoll_event.data: what the event is about. Flows are 8-byte aligned.
-enum Tag : std::uint64_t { kTagClient = 0, kTagUpstream = 1, kTagListener = 2, kTagWake = 3 };
-constexpr std::uint64_t kTagMask = 3;
+// The reactor tags of the TCP proxy (Reactor: the low 3 bits of epoll_event.data). A flow
+// is registered as its pointer (8-byte aligned) plus the side, so the side is the tag.
+enum Tag : std::uint8_t { kTagClient = 0, kTagUpstream = 1, kTagListener = 2 };
+constexpr std::uint64_t kTagMask = Reactor::kTagMask;
+constexpr unsigned kTagBits = Reactor::kTagBits;
+static_assert(alignof(std::max_align_t) >= 8, "flow pointers carry the tag in their low bits");
 enum Side : int { kClient = 0, kUpstream = 1 };
 
 std::string errno_text(int err) { return std::strerror(err); }
@@ -60,28 +54,6 @@ void reset_fd(int fd) {
 void set_int(int fd, int level, int name, int value) {
   ::setsockopt(fd, level, name, &value, sizeof value);
 }
-
-// A pipe for splice(2). Empty pipes go back to the worker's pool, so an idle flow holds
-// no pipe and no buffer.
-struct Pipe {
-  int r = -1, w = -1;
-  bool valid() const { return r >= 0; }
-  void close() {
-    if (r >= 0) ::close(r);
-    if (w >= 0) ::close(w);
-    r = w = -1;
-  }
-};
-
-// One direction of a flow: bytes read from one socket and written to the other.
-struct Direction {
-  Pipe pipe;                  // held only while bytes wait in it
-  std::uint32_t pending = 0;  // bytes in the pipe
-  bool eof = false;           // the source said EOF; shut the sink down once pending is 0
-  bool done = false;          // EOF forwarded
-  bool urgent = false;        // the source signalled urgent data (EPOLLPRI), see pump()
-  bool queued = false;        // on the worker's list of directions with more to read
-};
 
 // A flow, the only per-connection allocation besides its Session. It sits on one of the
 // worker's two lists: connecting (ordered by deadline) or open (ordered by activity).
@@ -138,104 +110,95 @@ FailReason connect_failure(int err) {
 
 }  // namespace
 
-// One thread, one epoll instance, its own SO_REUSEPORT listeners; a flow lives entirely
-// on the worker that accepted it. Sockets are registered once, edge-triggered, for both
-// directions; nothing is allocated per event.
-class TcpProxy::Worker {
+// One reactor's part of the TCP proxy: its own SO_REUSEPORT listeners; a flow lives
+// entirely on the worker that accepted it. Sockets are registered once, edge-triggered, for
+// both directions; nothing is allocated per event. Runs on its reactor's thread only
+// (listen() and shutdown() through run_sync), except the kill handle, which posts.
+class TcpProxy::Worker final : public Reactor::Client {
  public:
-  // Kills queued by other threads (through owner_) for the loop to take.
-  struct Mailbox {
-    std::mutex mu;
-    std::vector<std::uint64_t> kills;
-  };
+  Worker(TcpProxy& proxy, Reactor& reactor)
+      : proxy_(proxy), reactor_(reactor), counters_(proxy.sessions_.register_worker()) {}
 
-  Worker(TcpProxy& proxy, unsigned index)
-      : proxy_(proxy), index_(index), counters_(proxy.sessions_.register_worker()) {}
-
-  ~Worker() {
-    if (thread_.joinable()) {
-      request_stop();
-      thread_.join();
-    }
+  ~Worker() override {
     owner_->detach();
-    close_all("shutdown");  // only if the loop never ran
-    for (auto& p : pipes_) p.close();
+    close_all("shutdown");  // only if shutdown() never ran
   }
 
+  // On the reactor thread: the listeners, then the worker takes its tags.
   Expected<void, std::string> listen() {
-    epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
-    wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (!epoll_ || !wake_) return unexpected("epoll: " + errno_text(errno));
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kTagWake;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev) != 0) {
-      return unexpected("epoll: " + errno_text(errno));
-    }
     const auto port = proxy_.options_.port;
     if (auto r = add_listener(false, port); !r) return r;
     if (proxy_.options_.ipv6) {
       if (auto r = add_listener(true, port); !r) return r;
     }
+    // Sessions hold owner_; it reaches this worker until shutdown() detaches it, and a kill
+    // that races the detach either posts first (and runs before shutdown, the reactor's
+    // tasks run in order) or finds it detached.
+    owner_ = std::make_shared<SessionOwner>([this](std::uint64_t id) {
+      reactor_.post([this, id] { kill(id); });
+    });
+    for (std::uint8_t tag : {kTagClient, kTagUpstream, kTagListener}) reactor_.attach(tag, this);
     return {};
   }
 
-  void start() {
-    // Sessions hold owner_; it reaches this worker until detach() (join or destruction),
-    // and a kill that races the detach either finishes first or finds it detached.
-    owner_ = std::make_shared<SessionOwner>([this](std::uint64_t id) {
-      {
-        std::lock_guard lock(mailbox_.mu);
-        mailbox_.kills.push_back(id);
-      }
-      wake();
-    });
-    thread_ = std::thread([this] {
-      pin();
-      loop();
-    });
-  }
-
-  // From the controlling thread, for every worker before any is joined: stop accepting and
-  // end every flow with a reset (an app must see its connection fail, not a clean EOF that
-  // truncates what it was receiving).
-  void request_stop() {
-    stop_.store(true, std::memory_order_release);
-    wake();
-  }
-
-  // The loop resets every flow as soon as it sees the request, so this returns at once.
-  void join() {
-    if (thread_.joinable()) thread_.join();
+  // On the reactor thread: stop accepting and end every flow with a reset (an app must see
+  // its connection fail, not a clean EOF that truncates what it was receiving).
+  void shutdown() {
     owner_->detach();  // kills of sessions that outlive us become no-ops
+    listeners_.clear();
+    close_all("shutdown");
+    reactor_.detach(this);
   }
 
- private:
-  // Worker i runs on the i-th CPU splitd may use (taskset and cpusets are respected). A
-  // worker that migrates leaves packets it sent through lo or a veth in the previous
-  // CPU's backlog while new ones go to the next: the receiver sees them out of order and
-  // retransmits. In the lab, pinning took one bulk stream from ~10 to ~13 Gbit/s and
-  // 50-concurrent connections from ~6.7k/s to ~7.4k/s.
-  void pin() const {
-    cpu_set_t allowed;
-    if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
-    const int n = CPU_COUNT(&allowed);
-    if (n <= 1) return;
-    int want = static_cast<int>(index_ % static_cast<unsigned>(n));
-    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-      if (!CPU_ISSET(cpu, &allowed) || want-- != 0) continue;
-      cpu_set_t one;
-      CPU_ZERO(&one);
-      CPU_SET(cpu, &one);
-      ::pthread_setaffinity_np(::pthread_self(), sizeof one, &one);
+  // ---- Reactor::Client ------------------------------------------------------------------
+
+  void on_event(std::uint64_t data, std::uint32_t events) override {
+    now_ = reactor_.now_ms();
+    const std::uint64_t tag = data & kTagMask;
+    if (tag == kTagListener) {
+      accept_some(data >> kTagBits);
       return;
+    }
+    Flow* f = reinterpret_cast<Flow*>(data & ~kTagMask);
+    if (f->dead) return;
+    const int side = static_cast<int>(tag);
+    if (events & EPOLLPRI) f->dir[side].urgent = true;
+    if (f->connecting) {
+      if (side == kUpstream) connected(f, events);
+      return;  // the client's data waits in its socket until the upstream is there
+    }
+    if (events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) pump(f, side);
+    // Writable: resume the direction that waits for room in this socket.
+    const int other = 1 - side;
+    if (!f->dead && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && f->dir[other].pending > 0) {
+      pump(f, other);
     }
   }
 
-  void wake() {
-    const std::uint64_t one = 1;
-    [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
+  void after_events() override {
+    now_ = reactor_.now_ms();
+    run_more();
+    expire();
+    free_dead();
   }
+
+  std::int64_t next_deadline_ms() const override {
+    std::int64_t next = LLONG_MAX;
+    if (const Flow* f = connecting_.front()) next = f->deadline_ms;
+    if (const Flow* f = open_.front()) {
+      next = std::min(next, f->session->last_activity_ms.load(std::memory_order_relaxed) +
+                                proxy_.options_.idle_timeout.count());
+    }
+    if (accept_paused_until_ != 0) next = std::min(next, accept_paused_until_);
+    return next;
+  }
+
+  bool has_ready_work() const override { return !more_.empty(); }
+
+  Reactor& reactor() { return reactor_; }
+
+ private:
+  std::uint64_t listener_data(std::size_t index) const { return (index << kTagBits) | kTagListener; }
 
   Expected<void, std::string> add_listener(bool v6, std::uint16_t port) {
     Fd fd(::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -267,77 +230,12 @@ class TcpProxy::Worker {
                         (err == EADDRINUSE ? " (is another splitd running? change proxy.port)" : ""));
     }
     if (::listen(fd.get(), kListenBacklog) != 0) return unexpected("listen: " + errno_text(errno));
-    epoll_event ev{};
-    ev.events = EPOLLIN;  // level-triggered: a batch limit or EMFILE leaves the rest queued
-    ev.data.u64 = (listeners_.size() << 2) | kTagListener;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) {
+    // Level-triggered: a batch limit or EMFILE leaves the rest queued.
+    if (!reactor_.add(fd.get(), EPOLLIN, listener_data(listeners_.size()))) {
       return unexpected("epoll: " + errno_text(errno));
     }
     listeners_.push_back(std::move(fd));
     return {};
-  }
-
-  // ---- the loop -------------------------------------------------------------------------
-
-  void loop() {
-    epoll_event events[kMaxEvents];
-    for (;;) {
-      now_ = steady_ms();
-      const int timeout = more_.empty() ? next_timeout() : 0;
-      const int n = ::epoll_wait(epoll_.get(), events, kMaxEvents, timeout);
-      if (n < 0 && errno != EINTR) {
-        log::error("tcp proxy: epoll_wait: ", errno_text(errno), "; closing this worker's flows");
-        break;
-      }
-      now_ = steady_ms();
-      for (int i = 0; i < n; ++i) dispatch(events[i]);
-      if (stop_.load(std::memory_order_acquire)) break;
-      run_more();
-      expire();
-      free_dead();
-    }
-    listeners_.clear();
-    close_all("shutdown");
-  }
-
-  int next_timeout() const {
-    std::int64_t next = LLONG_MAX;
-    if (const Flow* f = connecting_.front()) next = f->deadline_ms;
-    if (const Flow* f = open_.front()) {
-      next = std::min(next, f->session->last_activity_ms.load(std::memory_order_relaxed) +
-                                proxy_.options_.idle_timeout.count());
-    }
-    if (accept_paused_until_ != 0) next = std::min(next, accept_paused_until_);
-    if (next == LLONG_MAX) return -1;
-    return static_cast<int>(std::clamp<std::int64_t>(next - now_, 0, INT_MAX));
-  }
-
-  void dispatch(const epoll_event& ev) {
-    const std::uint64_t tag = ev.data.u64 & kTagMask;
-    if (tag == kTagWake) {
-      std::uint64_t count;
-      [[maybe_unused]] const ssize_t r = ::read(wake_.get(), &count, sizeof count);
-      take_mail();
-      return;
-    }
-    if (tag == kTagListener) {
-      accept_some(ev.data.u64 >> 2);
-      return;
-    }
-    Flow* f = reinterpret_cast<Flow*>(ev.data.u64 & ~kTagMask);
-    if (f->dead) return;
-    const int side = static_cast<int>(tag);
-    if (ev.events & EPOLLPRI) f->dir[side].urgent = true;
-    if (f->connecting) {
-      if (side == kUpstream) connected(f, ev.events);
-      return;  // the client's data waits in its socket until the upstream is there
-    }
-    if (ev.events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) pump(f, side);
-    // Writable: resume the direction that waits for room in this socket.
-    const int other = 1 - side;
-    if (!f->dead && (ev.events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && f->dir[other].pending > 0) {
-      pump(f, other);
-    }
   }
 
   // ---- new flows ------------------------------------------------------------------------
@@ -361,20 +259,13 @@ class TcpProxy::Worker {
   }
 
   void pause_accepting() {
-    for (auto& l : listeners_) {
-      epoll_event ev{};
-      ev.data.u64 = (static_cast<std::uint64_t>(&l - listeners_.data()) << 2) | kTagListener;
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, l.get(), &ev);
-    }
+    for (std::size_t i = 0; i < listeners_.size(); ++i) reactor_.modify(listeners_[i].get(), 0, listener_data(i));
     accept_paused_until_ = now_ + kAcceptPauseMs;
   }
 
   void resume_accepting() {
-    for (auto& l : listeners_) {
-      epoll_event ev{};
-      ev.events = EPOLLIN;
-      ev.data.u64 = (static_cast<std::uint64_t>(&l - listeners_.data()) << 2) | kTagListener;
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, l.get(), &ev);
+    for (std::size_t i = 0; i < listeners_.size(); ++i) {
+      reactor_.modify(listeners_[i].get(), EPOLLIN, listener_data(i));
     }
     accept_paused_until_ = 0;
   }
@@ -431,10 +322,8 @@ class TcpProxy::Worker {
   }
 
   bool watch(Flow* f, int side) {
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
-    ev.data.u64 = reinterpret_cast<std::uint64_t>(f) | static_cast<std::uint64_t>(side);
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, f->fd[side], &ev) == 0) return true;
+    const std::uint64_t data = reinterpret_cast<std::uint64_t>(f) | static_cast<std::uint64_t>(side);
+    if (reactor_.add(f->fd[side], EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET, data)) return true;
     log::warn("tcp #", f->session->id, ": epoll: ", errno_text(errno));
     end(f, End::kReset, "epoll failed");
     return false;
@@ -554,82 +443,32 @@ class TcpProxy::Worker {
   void pump(Flow* f, int from) {
     Direction& d = f->dir[from];
     if (d.done) return;
-    const int src = f->fd[from], sink = f->fd[1 - from];
-    Session& session = *f->session;
-    const auto count = [&session, from](std::uint64_t n) {
-      if (from == kClient) session.add_sent(n);
-      else session.add_received(n);
-    };
-    bool moved = false;
-    for (int round = 0;; ++round) {
-      while (d.pending > 0) {
-        const ssize_t m = ::splice(d.pipe.r, nullptr, sink, nullptr, d.pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (m > 0) {
-          d.pending -= static_cast<std::uint32_t>(m);
-          moved = true;
-        } else if (m < 0 && errno == EINTR) {
-          continue;
-        } else if (m < 0 && errno == EAGAIN) {
-          if (moved) activity(f);
-          return;  // the sink is full: its EPOLLOUT resumes this direction
-        } else {
-          return fail(f, from, m < 0 ? errno : EPIPE, "write");
-        }
-      }
-      if (d.eof) {
-        give_pipe(d.pipe);
-        d.done = true;
-        if (moved) activity(f);
+    const int sink = f->fd[1 - from];
+    const PumpResult r = proxy::pump(d, f->fd[from], sink, pipes_, kPumpRounds);
+    if (r.read > 0) {
+      if (from == kClient) f->session->add_sent(r.read);
+      else f->session->add_received(r.read);
+    }
+    switch (r.stop) {
+      case PumpResult::kError: return fail(f, from, r.err, r.what);
+      case PumpResult::kEof:
+        if (r.moved) activity(f);
         if (f->dir[1 - from].done) {
           end(f, End::kClose, "closed");  // close() sends the FIN: no shutdown() first
         } else {
           ::shutdown(sink, SHUT_WR);
         }
         return;
-      }
-      if (round == kPumpRounds) {
+      case PumpResult::kBudget:
         if (!d.queued) {
           d.queued = true;
           more_.push_back({f, from});
         }
         break;
-      }
-      if (!d.pipe.valid() && !take_pipe(d.pipe)) return fail(f, from, errno, "pipe");
-      const ssize_t n = ::splice(src, nullptr, d.pipe.w, nullptr, kSpliceChunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n > 0) {
-        d.pending = static_cast<std::uint32_t>(n);
-        count(static_cast<std::uint64_t>(n));
-        moved = true;
-      } else if (n == 0) {
-        d.eof = true;
-      } else if (errno == EINTR) {
-        continue;
-      } else if (errno != EAGAIN) {
-        return fail(f, from, errno, "read");
-      } else if (d.urgent) {
-        // splice stops at TCP's urgent mark and says EAGAIN with bytes still there. A plain
-        // read passes the mark (SO_OOBINLINE keeps the urgent byte in the stream); the pipe,
-        // empty here, holds what it read.
-        char buf[kUrgentChunk];
-        const ssize_t r = ::recv(src, buf, sizeof buf, MSG_DONTWAIT);
-        if (r > 0 && ::write(d.pipe.w, buf, static_cast<std::size_t>(r)) == r) {
-          d.pending = static_cast<std::uint32_t>(r);
-          count(static_cast<std::uint64_t>(r));
-          moved = true;
-        } else if (r == 0) {
-          d.eof = true;
-        } else if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
-          d.urgent = false;  // nothing at the mark (any more)
-          break;
-        } else {
-          return fail(f, from, r < 0 ? errno : EIO, "read");
-        }
-      } else {
-        break;  // drained
-      }
+      case PumpResult::kDrained:
+      case PumpResult::kSinkFull: break;  // the sink's EPOLLOUT resumes a full one
     }
-    if (d.pending == 0) give_pipe(d.pipe);
-    if (moved) activity(f);
+    if (r.moved) activity(f);
   }
 
   void fail(Flow* f, int from, int err, const char* what) {
@@ -665,29 +504,6 @@ class TcpProxy::Worker {
     more_batch_.clear();
   }
 
-  bool take_pipe(Pipe& p) {
-    if (!pipes_.empty()) {
-      p = pipes_.back();
-      pipes_.pop_back();
-      return true;
-    }
-    int fds[2];
-    if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
-    ::fcntl(fds[1], F_SETPIPE_SZ, kPipeSize);  // best effort: may exceed pipe-user-pages-soft
-    p = {fds[0], fds[1]};
-    return true;
-  }
-
-  void give_pipe(Pipe& p) {
-    if (!p.valid()) return;
-    if (pipes_.size() < kPipePoolMax) {
-      pipes_.push_back(p);
-    } else {
-      p.close();
-    }
-    p = {};
-  }
-
   // ---- ending flows ---------------------------------------------------------------------
 
   enum class End { kClose, kReset };
@@ -705,7 +521,7 @@ class TcpProxy::Worker {
       f->fd[side] = -1;
       Direction& d = f->dir[side];
       if (d.pending > 0) d.pipe.close();  // bytes nobody will read: not for the pool
-      give_pipe(d.pipe);
+      pipes_.give(d.pipe);
     }
     const Session& s = *f->session;
     if (log::enabled(log::Level::kDebug)) {
@@ -749,21 +565,15 @@ class TcpProxy::Worker {
     if (accept_paused_until_ != 0 && accept_paused_until_ <= now_) resume_accepting();
   }
 
-  void take_mail() {
-    std::vector<std::uint64_t> kills;
-    {
-      std::lock_guard lock(mailbox_.mu);
-      kills.swap(mailbox_.kills);
-    }
-    // Kills are rare (an operator's request): a walk over the flows beats an index that
-    // every flow would pay for in memory.
-    for (const std::uint64_t id : kills) {
-      for (FlowList* list : {&connecting_, &open_}) {
-        for (Flow* f = list->front(); f; f = f->next) {
-          if (f->session->id == id) {
-            end(f, End::kReset, "killed");
-            break;
-          }
+  // Kills are rare (an operator's request): a walk over the flows beats an index that
+  // every flow would pay for in memory.
+  void kill(std::uint64_t id) {
+    now_ = reactor_.now_ms();
+    for (FlowList* list : {&connecting_, &open_}) {
+      for (Flow* f = list->front(); f; f = f->next) {
+        if (f->session->id == id) {
+          end(f, End::kReset, "killed");
+          return;
         }
       }
     }
@@ -777,25 +587,22 @@ class TcpProxy::Worker {
   }
 
   TcpProxy& proxy_;
-  unsigned index_;
-  Fd epoll_, wake_;
+  Reactor& reactor_;
   std::vector<Fd> listeners_;
   FlowList connecting_, open_;
   std::vector<std::pair<Flow*, int>> more_, more_batch_;  // directions with more to read
   std::vector<Flow*> dead_;
-  std::vector<Pipe> pipes_;
+  PipePool pipes_;
   std::int64_t now_ = 0;
   std::int64_t accept_paused_until_ = 0;
   std::uint64_t rng_ = (static_cast<std::uint64_t>(std::random_device{}()) << 32) | std::random_device{}() | 1;
-  std::atomic<bool> stop_{false};
   WorkerCounters& counters_;
-  Mailbox mailbox_;
   std::shared_ptr<SessionOwner> owner_ = std::make_shared<SessionOwner>(nullptr);
-  std::thread thread_;
 };
 
-TcpProxy::TcpProxy(TcpProxyOptions options, const Classifier& classifier, SessionTable& sessions)
-    : options_(options), classifier_(classifier), sessions_(sessions) {}
+TcpProxy::TcpProxy(TcpProxyOptions options, const Classifier& classifier, SessionTable& sessions,
+                   ReactorPool& reactors)
+    : options_(options), classifier_(classifier), sessions_(sessions), reactors_(reactors) {}
 
 TcpProxy::~TcpProxy() { stop(); }
 
@@ -821,28 +628,23 @@ Expected<void, std::string> TcpProxy::start() {
                 options_.source_port_max, " (outside the ephemeral range ", low, "-", high, ")");
     }
   }
-  unsigned n = options_.threads;
-  if (n == 0) {  // one per CPU splitd may run on
-    cpu_set_t allowed;
-    n = ::sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? static_cast<unsigned>(CPU_COUNT(&allowed))
-                                                            : std::thread::hardware_concurrency();
-    n = std::max(1u, n);
-  }
-  for (unsigned i = 0; i < n; ++i) {
-    auto w = std::make_unique<Worker>(*this, i);
-    if (auto r = w->listen(); !r) {
-      workers_.clear();
+  for (std::size_t i = 0; i < reactors_.size(); ++i) {
+    Reactor& reactor = reactors_.at(i);
+    auto w = std::make_unique<Worker>(*this, reactor);
+    Expected<void, std::string> r;
+    reactor.run_sync([&] { r = w->listen(); });
+    if (!r) {
+      reactor.run_sync([&] { w->shutdown(); });
+      stop();
       return r;
     }
     workers_.push_back(std::move(w));
   }
-  for (auto& w : workers_) w->start();
   return {};
 }
 
 void TcpProxy::stop() {
-  for (auto& w : workers_) w->request_stop();  // all at once, then wait for each
-  for (auto& w : workers_) w->join();
+  for (auto& w : workers_) w->reactor().run_sync([&] { w->shutdown(); });
   workers_.clear();
 }
 

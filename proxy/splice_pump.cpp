@@ -1,0 +1,120 @@
+#include "proxy/splice_pump.hpp"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace splitd::proxy {
+
+namespace {
+constexpr std::size_t kSpliceChunk = 1 << 20;  // ask for up to the pipe's capacity
+constexpr std::size_t kUrgentChunk = 4096;     // PIPE_BUF: fits an empty pipe of any size, at once
+}  // namespace
+
+void Pipe::close() {
+  if (r >= 0) ::close(r);
+  if (w >= 0) ::close(w);
+  r = w = -1;
+}
+
+PipePool::~PipePool() {
+  for (auto& p : pipes_) p.close();
+}
+
+bool PipePool::take(Pipe& p) {
+  if (!pipes_.empty()) {
+    p = pipes_.back();
+    pipes_.pop_back();
+    return true;
+  }
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+  ::fcntl(fds[1], F_SETPIPE_SZ, pipe_size_);  // best effort: may exceed pipe-user-pages-soft
+  p = {fds[0], fds[1]};
+  return true;
+}
+
+void PipePool::give(Pipe& p) {
+  if (!p.valid()) return;
+  if (pipes_.size() < max_) {
+    pipes_.push_back(p);
+  } else {
+    p.close();
+  }
+  p = {};
+}
+
+PumpResult pump(Direction& d, int src, int sink, PipePool& pipes, int rounds) {
+  PumpResult res;
+  const auto error = [&res](int err, const char* what) {
+    res.stop = PumpResult::kError;
+    res.err = err;
+    res.what = what;
+    return res;
+  };
+  if (d.done) return res;
+  for (int round = 0;; ++round) {
+    while (d.pending > 0) {
+      const ssize_t m = ::splice(d.pipe.r, nullptr, sink, nullptr, d.pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (m > 0) {
+        d.pending -= static_cast<std::uint32_t>(m);
+        res.moved = true;
+      } else if (m < 0 && errno == EINTR) {
+        continue;
+      } else if (m < 0 && errno == EAGAIN) {
+        res.stop = PumpResult::kSinkFull;  // the sink's EPOLLOUT resumes this direction
+        return res;
+      } else {
+        return error(m < 0 ? errno : EPIPE, "write");
+      }
+    }
+    if (d.eof) {
+      pipes.give(d.pipe);
+      d.done = true;
+      res.stop = PumpResult::kEof;
+      return res;
+    }
+    if (round == rounds) {
+      res.stop = PumpResult::kBudget;
+      break;
+    }
+    if (!d.pipe.valid() && !pipes.take(d.pipe)) return error(errno, "pipe");
+    const ssize_t n = ::splice(src, nullptr, d.pipe.w, nullptr, kSpliceChunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      d.pending = static_cast<std::uint32_t>(n);
+      res.read += static_cast<std::uint64_t>(n);
+      res.moved = true;
+    } else if (n == 0) {
+      d.eof = true;
+    } else if (errno == EINTR) {
+      continue;
+    } else if (errno != EAGAIN) {
+      return error(errno, "read");
+    } else if (d.urgent) {
+      // splice stops at TCP's urgent mark and says EAGAIN with bytes still there. A plain
+      // read passes the mark; the pipe, empty here, holds what it read.
+      char buf[kUrgentChunk];
+      const ssize_t r = ::recv(src, buf, sizeof buf, MSG_DONTWAIT);
+      if (r > 0 && ::write(d.pipe.w, buf, static_cast<std::size_t>(r)) == r) {
+        d.pending = static_cast<std::uint32_t>(r);
+        res.read += static_cast<std::uint64_t>(r);
+        res.moved = true;
+      } else if (r == 0) {
+        d.eof = true;
+      } else if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+        d.urgent = false;  // nothing at the mark (any more)
+        break;
+      } else {
+        return error(r < 0 ? errno : EIO, "read");
+      }
+    } else {
+      break;  // drained
+    }
+  }
+  if (d.pending == 0) pipes.give(d.pipe);
+  return res;
+}
+
+}  // namespace splitd::proxy
