@@ -1,6 +1,9 @@
 // lab-load serve: TCP echo (or a one-shot HTTP 200) and UDP echo on every --listen
-// address, in one single-threaded level-triggered epoll loop.
+// address, in one single-threaded level-triggered epoll loop. A UDP download request
+// (download_wire.hpp) is not echoed: it starts a stream of numbered datagrams to the
+// asking address, sent from the same loop between its other work.
 
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "download_wire.hpp"
 #include "modes.hpp"
 
 namespace splitd::bench {
@@ -26,6 +30,20 @@ constexpr size_t kIoChunk = 64 * 1024;
 constexpr unsigned kUdpBatch = 32;
 constexpr size_t kUdpMax = 65536;
 constexpr int kUdpBuffer = 4 * 1024 * 1024;
+// Downloads at once (a request beyond that is ignored, and said so on stderr), and the
+// sessions remembered so that a request the client repeated does not start a second one.
+constexpr size_t kMaxDownloads = 16;
+constexpr size_t kRecentSessions = 64;
+// Per loop iteration and download: at most this many sendmmsg batches, so the other
+// sockets are served in between.
+constexpr int kDownloadBatchesPerStep = 8;
+// A send error that is neither a full buffer nor ENOBUFS, this many times in a row, ends
+// the download (the receiver is gone for good).
+constexpr std::uint64_t kMaxDownloadErrors = 1000;
+// When the end marker goes out, after the download's end: several times, as UDP may lose
+// one (the data before it has just filled every queue on the way).
+constexpr std::array<Nanos, 5> kEndMarkerAt = {0, 10'000'000, 50'000'000, 100'000'000,
+                                               200'000'000};
 constexpr std::string_view kHttpResponse =
     "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
 
@@ -60,7 +78,42 @@ struct UdpSocket {
   Fd fd;
   int family = AF_INET;
   bool wildcard = false;  // bound to 0.0.0.0 / ::: replies need the destination as source
+  bool want_out = false;  // EPOLLOUT registered: a download waits for buffer space
 };
+
+// One download being sent: numbered datagrams from the socket the request came in on to
+// the address it came from, until `end`; then the end marker (kEndMarkerAt).
+struct Download {
+  int fd = -1;
+  sockaddr_storage peer{};
+  socklen_t peer_len = 0;
+  // The reply's source for a wildcard socket (IP_PKTINFO / IPV6_PKTINFO), else empty.
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in6_pktinfo))]{};
+  size_t control_len = 0;
+  download::Request req;
+  std::string peer_text;
+  Nanos start = 0;
+  Nanos end = 0;
+  std::uint64_t sent = 0;
+  std::uint64_t errors = 0;
+  std::uint64_t consecutive_errors = 0;
+  std::uint64_t enobufs = 0;
+  std::uint64_t full = 0;  // times the socket buffer was full (EAGAIN)
+  unsigned markers = 0;
+  bool blocked = false;  // waiting for EPOLLOUT on fd
+  std::unique_ptr<char[]> buf;  // kUdpBatch datagrams of req.size; only the header changes
+};
+
+std::string sockaddr_text(const sockaddr_storage& ss, socklen_t len) {
+  char host[NI_MAXHOST];
+  char port[NI_MAXSERV];
+  if (::getnameinfo(reinterpret_cast<const sockaddr*>(&ss), len, host, sizeof host, port,
+                    sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    return "?";
+  }
+  return ss.ss_family == AF_INET6 ? "[" + std::string(host) + "]:" + port
+                                  : std::string(host) + ":" + port;
+}
 
 // The server: owns the epoll instance, the listeners and every connection.
 // Single-threaded.
@@ -115,7 +168,11 @@ class Server {
   void run() {
     std::array<epoll_event, 256> events{};
     while (!stop_requested()) {
-      const int timeout_ms = accept_paused_ ? 100 : -1;
+      int timeout_ms = accept_paused_ ? 100 : -1;
+      if (!downloads_.empty()) {
+        const int t = download_timeout_ms(now_ns());
+        if (timeout_ms < 0 || t < timeout_ms) timeout_ms = t;
+      }
       const int n = ::epoll_pwait(epoll_.get(), events.data(), static_cast<int>(events.size()),
                                   timeout_ms, &stop_wait_mask());
       if (n < 0) {
@@ -131,17 +188,20 @@ class Server {
             accept_all(fd);
             break;
           case Tag::kUdp:
-            serve_udp(fd);
+            if ((events[i].events & EPOLLOUT) != 0) unblock_downloads(fd);
+            if ((events[i].events & (EPOLLIN | EPOLLERR)) != 0) serve_udp(fd);
             break;
           case Tag::kConn:
             on_conn_event(fd, events[i].events);
             break;
         }
       }
+      if (!downloads_.empty()) send_downloads(now_ns());
     }
   }
 
   std::uint64_t accepted() const { return accepted_; }
+  std::uint64_t downloads() const { return downloads_total_; }
 
  private:
   void add(int fd, std::uint32_t events, Tag tag) {
@@ -396,14 +456,25 @@ class Server {
         }
         return;
       }
+      // Echo all but the download requests (the kept headers still point at their own
+      // slot's buffers, so moving them down is enough).
+      int echo = 0;
       for (int i = 0; i < n; ++i) {
         slots[i].iov.iov_len = msgs[i].msg_len;
         if (u.wildcard) source_from_destination(msgs[i].msg_hdr, u.family);
+        if (download::is_request(udp_buf_.get() + static_cast<size_t>(i) * kUdpMax,
+                                 msgs[i].msg_len)) {
+          start_download(u, msgs[i].msg_hdr,
+                         udp_buf_.get() + static_cast<size_t>(i) * kUdpMax);
+          continue;
+        }
+        if (echo != i) msgs[echo] = msgs[i];
+        ++echo;
       }
       int sent = 0;
-      while (sent < n) {
+      while (sent < echo) {
         const int w =
-            ::sendmmsg(fd, msgs.data() + sent, static_cast<unsigned>(n - sent), MSG_DONTWAIT);
+            ::sendmmsg(fd, msgs.data() + sent, static_cast<unsigned>(echo - sent), MSG_DONTWAIT);
         if (w < 0) {
           if (errno == EINTR) continue;
           if (errno == EAGAIN || errno == EWOULDBLOCK) break;  // UDP: drop the rest
@@ -414,6 +485,179 @@ class Server {
       }
       if (static_cast<unsigned>(n) < kUdpBatch) return;
     }
+  }
+
+  UdpSocket* udp_socket(int fd) {
+    const auto it = std::find_if(udp_.begin(), udp_.end(),
+                                 [&](const UdpSocket& u) { return u.fd.get() == fd; });
+    return it == udp_.end() ? nullptr : &*it;
+  }
+
+  void set_udp_out(UdpSocket& u, bool on) {
+    if (u.want_out == on) return;
+    modify(u.fd.get(), on ? std::uint32_t{EPOLLIN | EPOLLOUT} : std::uint32_t{EPOLLIN}, Tag::kUdp);
+    u.want_out = on;
+  }
+
+  // `h` is the request as received (its source already turned into the reply's, for a
+  // wildcard socket), `data` its payload.
+  void start_download(const UdpSocket& u, const msghdr& h, const char* data) {
+    const auto req = download::decode_request(data, download::kRequestSize);
+    if (!req) {
+      std::fputs("lab-load serve: a download request out of range ignored\n", stderr);
+      return;
+    }
+    if (std::find(recent_.begin(), recent_.end(), req->session) != recent_.end()) return;
+    recent_[recent_next_++ % kRecentSessions] = req->session;
+    Download d;
+    d.fd = u.fd.get();
+    std::memcpy(&d.peer, h.msg_name, h.msg_namelen);
+    d.peer_len = h.msg_namelen;
+    d.peer_text = sockaddr_text(d.peer, d.peer_len);
+    if (downloads_.size() >= kMaxDownloads) {
+      std::fprintf(stderr, "lab-load serve: download to %s refused: %zu already running\n",
+                   d.peer_text.c_str(), downloads_.size());
+      return;
+    }
+    if (h.msg_control != nullptr && h.msg_controllen <= sizeof d.control) {
+      std::memcpy(d.control, h.msg_control, h.msg_controllen);
+      d.control_len = h.msg_controllen;
+    }
+    d.req = *req;
+    d.start = now_ns();
+    d.end = d.start + static_cast<Nanos>(req->duration_ms) * 1'000'000;
+    // Written once: every datagram is the same but for its first 16 bytes.
+    d.buf = std::make_unique<char[]>(kUdpBatch * req->size);
+    std::memset(d.buf.get(), 'd', kUdpBatch * req->size);
+    const std::string rate = req->rate == 0 ? std::string("as fast as the socket takes them")
+                                            : std::to_string(req->rate) + "/s";
+    std::fprintf(stderr, "lab-load serve: download to %s: %u-byte datagrams for %u ms, %s\n",
+                 d.peer_text.c_str(), req->size, req->duration_ms, rate.c_str());
+    downloads_.push_back(std::move(d));
+    ++downloads_total_;
+  }
+
+  void unblock_downloads(int fd) {
+    for (Download& d : downloads_) {
+      if (d.fd == fd) d.blocked = false;
+    }
+    if (UdpSocket* u = udp_socket(fd)) set_udp_out(*u, false);
+  }
+
+  // The epoll timeout that wakes the loop for the next datagram or end marker due.
+  int download_timeout_ms(Nanos now) const {
+    Nanos next = now + 1'000'000'000;
+    for (const Download& d : downloads_) {
+      Nanos due = 0;
+      if (now < d.end) {
+        if (d.blocked) continue;  // EPOLLOUT wakes it
+        due = d.req.rate == 0 ? now
+                              : d.start + static_cast<Nanos>(static_cast<double>(d.sent + 1) *
+                                                              1e9 / static_cast<double>(d.req.rate));
+        due = std::min(due, d.end);
+      } else {
+        due = d.end + kEndMarkerAt[std::min<size_t>(d.markers, kEndMarkerAt.size() - 1)];
+      }
+      next = std::min(next, due);
+    }
+    if (next <= now) return 0;
+    return static_cast<int>((next - now + 999'999) / 1'000'000);
+  }
+
+  void send_downloads(Nanos now) {
+    for (Download& d : downloads_) {
+      if (now < d.end) {
+        send_data(d, now);
+      } else if (d.markers < kEndMarkerAt.size() && now >= d.end + kEndMarkerAt[d.markers]) {
+        send_end_marker(d);
+        if (++d.markers == kEndMarkerAt.size()) {
+          std::fprintf(stderr,
+                       "lab-load serve: download to %s done: %llu datagrams sent in %.3f s "
+                       "(%llu times the buffer was full, %llu ENOBUFS, %llu errors)\n",
+                       d.peer_text.c_str(), static_cast<unsigned long long>(d.sent),
+                       ns_to_seconds(d.end - d.start), static_cast<unsigned long long>(d.full),
+                       static_cast<unsigned long long>(d.enobufs),
+                       static_cast<unsigned long long>(d.errors));
+        }
+      }
+    }
+    std::erase_if(downloads_, [](const Download& d) { return d.markers == kEndMarkerAt.size(); });
+  }
+
+  void send_data(Download& d, Nanos now) {
+    if (d.blocked) return;
+    std::uint64_t budget = static_cast<std::uint64_t>(kDownloadBatchesPerStep) * kUdpBatch;
+    if (d.req.rate != 0) {
+      const auto due = static_cast<std::uint64_t>(static_cast<double>(now - d.start) *
+                                                  static_cast<double>(d.req.rate) / 1e9) +
+                       1;
+      budget = std::min(budget, due > d.sent ? due - d.sent : 0);
+    }
+    std::array<iovec, kUdpBatch> iov;
+    std::array<mmsghdr, kUdpBatch> msgs{};
+    const size_t size = d.req.size;
+    while (budget > 0) {
+      const auto k = static_cast<unsigned>(std::min<std::uint64_t>(budget, kUdpBatch));
+      for (unsigned j = 0; j < k; ++j) {
+        char* p = d.buf.get() + j * size;
+        download::put64(p, d.req.session);
+        download::put64(p + 8, d.sent + j);
+        iov[j] = {p, size};
+        msghdr& h = msgs[j].msg_hdr;
+        h = msghdr{};
+        h.msg_name = &d.peer;
+        h.msg_namelen = d.peer_len;
+        h.msg_iov = &iov[j];
+        h.msg_iovlen = 1;
+        if (d.control_len > 0) {
+          h.msg_control = d.control;
+          h.msg_controllen = d.control_len;
+        }
+      }
+      const int w = ::sendmmsg(d.fd, msgs.data(), k, MSG_DONTWAIT);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          ++d.full;
+          d.blocked = true;
+          if (UdpSocket* u = udp_socket(d.fd)) set_udp_out(*u, true);
+          return;
+        }
+        if (errno == ENOBUFS) {  // a full queue below the socket: try again next step
+          ++d.enobufs;
+          return;
+        }
+        ++d.errors;
+        if (++d.consecutive_errors >= kMaxDownloadErrors) {
+          std::fprintf(stderr, "lab-load serve: download to %s: sendmmsg: %s; ending it\n",
+                       d.peer_text.c_str(), std::strerror(errno));
+          d.end = now;
+        }
+        return;
+      }
+      d.consecutive_errors = 0;
+      d.sent += static_cast<unsigned>(w);
+      budget -= static_cast<unsigned>(w);
+      if (static_cast<unsigned>(w) < k) return;  // the rest next step
+    }
+  }
+
+  void send_end_marker(const Download& d) {
+    char out[download::kEndSize];
+    download::put64(out, d.req.session);
+    download::put64(out + 8, download::kEndSeq);
+    download::put64(out + 16, d.sent);
+    iovec iov{out, sizeof out};
+    msghdr h{};
+    h.msg_name = const_cast<sockaddr_storage*>(&d.peer);
+    h.msg_namelen = d.peer_len;
+    h.msg_iov = &iov;
+    h.msg_iovlen = 1;
+    if (d.control_len > 0) {
+      h.msg_control = const_cast<char*>(d.control);
+      h.msg_controllen = d.control_len;
+    }
+    ::sendmsg(d.fd, &h, MSG_DONTWAIT);  // best effort: it is sent several times
   }
 
   // Turns the received packet-info (the address the datagram was sent to) into the
@@ -465,6 +709,10 @@ class Server {
   std::int64_t head_end_ = 0;
   std::uint64_t accepted_ = 0;
   std::uint64_t open_ = 0;
+  std::vector<Download> downloads_;
+  std::array<std::uint64_t, kRecentSessions> recent_{};
+  size_t recent_next_ = 0;
+  std::uint64_t downloads_total_ = 0;
   bool accept_paused_ = false;
   Nanos resume_accept_at_ = 0;
 };
@@ -487,7 +735,10 @@ int run_serve(int argc, char** argv) {
   if (!pidfile.empty()) write_file_atomically(pidfile, std::to_string(::getpid()) + "\n");
   server.run();
   if (!pidfile.empty()) ::unlink(pidfile.c_str());
-  print_json(Json().field("mode", "serve").field("connections", server.accepted()));
+  print_json(Json()
+                 .field("mode", "serve")
+                 .field("connections", server.accepted())
+                 .field("downloads", server.downloads()));
   return 0;
 }
 
