@@ -322,9 +322,9 @@ int Runtime::start() {
   uopts.max_sessions = cfg_.proxy.max_sessions;
   uopts.idle_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg_.proxy.udp_idle_timeout);
   uopts.ipv6 = cfg_.firewall.ipv6;
-  udp_ = std::make_unique<proxy::UdpProxy>(uopts, *classifier_, *sessions_);
+  udp_ = std::make_unique<proxy::UdpProxy>(uopts, *classifier_, *sessions_, *reactors_);
   if (auto r = udp_->start(); !r) return fail("udp proxy: " + r.error());
-  stack_.push("udp proxy", [this] { udp_->stop(std::chrono::milliseconds(300)); });
+  stack_.push("udp proxy", [this] { udp_->stop(); });
 
   if (int rc = start_dns(); rc != kExitOk) return rc;
 

@@ -147,9 +147,15 @@ NftBatch install_batch(const FirewallConfig& c, std::uint32_t table_flags) {
                                           .counter()
                                           .accept()));
 
-  // The marked packets coming back through lo: those of an established transparent
-  // socket (the proxy's accepted connections, UDP reply sockets) go straight to it, the
-  // rest to the proxy listener. tproxy is only possible in prerouting.
+  // The marked packets coming back through lo: those of an established transparent TCP
+  // socket (the proxy's accepted connections) go straight to it, the rest to the proxy
+  // listener. tproxy is only possible in prerouting.
+  //
+  // Every UDP datagram goes to the listener, also those to a peer splitd has a reply
+  // socket bound to: the listeners form a reuseport group (one per worker) in which the
+  // kernel picks the socket by the client's address and port, so a client's datagrams all
+  // reach the worker that owns its flows. A socket match would hand them to whichever
+  // worker's reply socket for that peer the lookup finds first.
   //
   // Not a TCP SYN: a client that reuses its port for the same server meets the proxy's
   // accepted socket of the previous flow in TIME_WAIT (the proxy closed first), and the
@@ -179,14 +185,6 @@ NftBatch install_batch(const FirewallConfig& c, std::uint32_t table_flags) {
                                            .iif_eq(kLoopbackIfindex)
                                            .l4proto_in({IPPROTO_TCP})
                                            .tcp_not_syn()
-                                           .socket_transparent()
-                                           .set_mark(c.mark)
-                                           .accept()));
-  }
-  if (c.intercept_udp) {
-    b.add_rule("prerouting", std::move(NftRule("UDP packets of established transparent sockets")
-                                           .iif_eq(kLoopbackIfindex)
-                                           .l4proto_in({IPPROTO_UDP})
                                            .socket_transparent()
                                            .set_mark(c.mark)
                                            .accept()));

@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <sodium.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -9,35 +10,39 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <list>
-#include <optional>
 #include <stdexcept>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "common/fd.hpp"
 #include "common/log.hpp"
-#include "common/asio.hpp"
+#include "proxy/udp_batch.hpp"
 
 namespace splitd::proxy {
 
-using net::asio::ip::udp;
-using net::awaitable;
-using net::error_code;
-namespace asio = net::asio;
-
 namespace {
 
-// The largest UDP payload (IPv6 jumbograms aside); IPv4 allows 65,507 of it.
-constexpr std::size_t kMaxDatagram = 65535;
-// Datagrams read from one socket before others get their turn.
-constexpr int kReadBudget = 64;
-// Listener receive buffer: bursts of new flows queue here while the worker is busy.
+#ifndef UDP_GRO
+constexpr int UDP_GRO = 104;
+#endif
+
+// The reactor tags of the UDP proxy (the TCP proxy has 0-2): a listener is registered as
+// its index, a mapping's socket as the Mapping's address (heap, 16-byte aligned).
+enum Tag : std::uint8_t { kTagListener = 3, kTagMapping = 4 };
+constexpr std::uint64_t kTagMask = Reactor::kTagMask;
+constexpr unsigned kTagBits = Reactor::kTagBits;
+static_assert(alignof(std::max_align_t) >= 8, "mapping pointers carry the tag in their low bits");
+
+// Batches (of RecvBatch's size) read from one socket before other sockets get their turn.
+constexpr int kReadRounds = 4;
+// Listener receive buffer: every client datagram comes through the listeners, bursts of
+// them queue here while the worker is busy.
 constexpr int kListenerBuffer = 8 << 20;
-// Reply sockets also take the clients' datagrams to their peer: room for a burst.
-constexpr int kReplyBuffer = 1 << 20;
+// A mapping's receive buffer: a download at full rate queues here.
+constexpr int kMappingBuffer = 4 << 20;
 // After sweeps that freed this many entries, give the memory back to the OS.
 constexpr std::size_t kTrimAfter = 1024;
 
@@ -99,6 +104,19 @@ bool set_int(int fd, int level, int name, int value) {
   return ::setsockopt(fd, level, name, &value, sizeof value) == 0;
 }
 
+socklen_t sockaddr_len(const sockaddr_storage& ss) {
+  return ss.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+}
+
+// The kernel zeroes the padding of the addresses it returns, so bytes compare.
+bool same_sockaddr(const sockaddr_storage& a, const sockaddr_storage& b) {
+  return a.ss_family == b.ss_family && std::memcmp(&a, &b, sockaddr_len(a)) == 0;
+}
+
+std::uint64_t segments_of(const Datagram& d) {
+  return d.segment == 0 ? 1 : (d.data.size() + d.segment - 1) / d.segment;
+}
+
 }  // namespace
 
 KeyedHash::KeyedHash() {
@@ -115,112 +133,87 @@ std::size_t KeyedHash::operator()(std::span<const std::uint8_t> bytes) const {
   return v;
 }
 
-class UdpProxy::Worker {
+// One reactor's part of the UDP proxy. Runs on its reactor's thread only (listen() and
+// shutdown() through run_sync), except the kill handle, which posts.
+class UdpProxy::Worker final : public Reactor::Client {
  public:
-  explicit Worker(UdpProxy& proxy)
+  Worker(UdpProxy& proxy, Reactor& reactor)
       : proxy_(proxy),
         opts_(proxy.options_),
-        buf_(new char[kMaxDatagram]),
+        reactor_(reactor),
         flows_(64, hasher_),
         mappings_(64, hasher_),
         replies_(64, hasher_),
         counters_(proxy.sessions_.register_worker()) {}
 
-  ~Worker() { owner_->detach(); }
+  ~Worker() override {
+    owner_->detach();
+    close_all();  // only if shutdown() never ran
+  }
 
-  Expected<void, std::string> listen() {
-    const auto add = [this](const Endpoint& ep) -> Expected<void, std::string> {
-      auto s = std::make_shared<Socket>(ctx_);
-      const bool v6 = ep.address.is_v6();
-      error_code ec;
-      s->socket.open(v6 ? udp::v6() : udp::v4(), ec);
-      if (ec == asio::error::address_family_not_supported && v6) {
-        log::warn("udp proxy: IPv6 is disabled on this host (", ec.message(), "); IPv4 only");
-        return {};
-      }
-      if (ec) return unexpected("socket for " + ep.to_string() + ": " + ec.message());
-      const int fd = s->socket.native_handle();
-      set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1);
-      if (v6) set_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1);
-      if (!set_int(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, 1)) {
-        return unexpected(std::string("transparent UDP listener: ") + errno_text(errno) +
-                          (errno == EPERM ? " (splitd needs CAP_NET_ADMIN: run it as root or grant the capability)" : ""));
-      }
-      if (!set_int(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_RECVORIGDSTADDR : IP_RECVORIGDSTADDR, 1)) {
-        return unexpected(std::string("UDP listener: RECVORIGDSTADDR: ") + errno_text(errno));
-      }
-      if (!set_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, kListenerBuffer)) {
-        set_int(fd, SOL_SOCKET, SO_RCVBUF, kListenerBuffer);
-      }
-      sockaddr_storage ss;
-      const socklen_t len = sockaddr_of(ep, ss);
-      if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-        const int err = errno;
-        return unexpected("bind UDP " + ep.to_string() + ": " + errno_text(err) +
-                          (err == EADDRINUSE ? " (is another splitd running? change proxy.port)" : ""));
-      }
-      s->socket.non_blocking(true, ec);
-      listeners_.push_back(std::move(s));
-      return {};
-    };
-    if (auto r = add({*IpAddress::parse("127.0.0.1"), opts_.port}); !r) return r;
+  // The listeners, bound but not yet read: every worker's are in the reuseport group
+  // before any worker reads, so no client endpoint moves between workers at the start.
+  Expected<void, std::string> open_listeners() {
+    if (auto r = add_listener({*IpAddress::parse("127.0.0.1"), opts_.port}); !r) return r;
     if (opts_.ipv6) {
-      if (auto r = add({*IpAddress::parse("::1"), opts_.port}); !r) return r;
+      if (auto r = add_listener({*IpAddress::parse("::1"), opts_.port}); !r) return r;
     }
-    Fd ep(::epoll_create1(EPOLL_CLOEXEC));
-    if (!ep) return unexpected("epoll_create1: " + errno_text(errno));
-    error_code ec;
-    epoll_desc_.assign(ep.get(), ec);
-    if (ec) return unexpected("epoll descriptor: " + ec.message());
-    ep.release();  // epoll_desc_ owns it
     return {};
   }
 
-  void start() {
-    // Sessions hold owner_; a kill reaches ctx_ until stop() detaches it, and a kill that
-    // races the detach either finishes its post first or finds it detached. The flow is
-    // looked up on the worker thread when the kill runs.
+  // On the reactor thread: the listeners join the epoll set, the worker takes its tags.
+  Expected<void, std::string> listen() {
+    for (std::size_t i = 0; i < listeners_.size(); ++i) {
+      // Level-triggered: a socket whose read budget ran out is reported again.
+      if (!reactor_.add(listeners_[i].get(), EPOLLIN, (i << kTagBits) | kTagListener)) {
+        return unexpected("epoll: " + errno_text(errno));
+      }
+    }
+    // Sessions hold owner_; it reaches this worker until shutdown() detaches it, and a
+    // kill that races the detach either posts first (and runs before shutdown, the
+    // reactor's tasks run in order) or finds it detached.
     owner_ = std::make_shared<SessionOwner>([this](std::uint64_t id) {
-      asio::post(ctx_, [this, id] { kill(id); });
+      reactor_.post([this, id] { kill(id); });
     });
-    for (auto& l : listeners_) asio::co_spawn(ctx_, listener_reader(l), asio::detached);
-    asio::co_spawn(ctx_, epoll_loop(), asio::detached);
-    asio::co_spawn(ctx_, sweeper(), asio::detached);
-    thread_ = std::thread([this] { ctx_.run(); });
+    for (std::uint8_t tag : {kTagListener, kTagMapping}) reactor_.attach(tag, this);
+    now_ = steady_ms();
+    next_sweep_ = now_ + sweep_every().count();
+    return {};
   }
 
-  // Called from the controlling thread.
-  void stop(std::chrono::steady_clock::time_point deadline) {
-    owner_->detach();
-    asio::post(ctx_, [this] {
-      stopping_ = true;
-      sweep_timer_.cancel();
-      for (auto& l : listeners_) close(*l);
-      listeners_.clear();
-      while (!flow_lru_.empty()) evict_flow(*flow_lru_.back(), "shutdown");
-      while (!mapping_lru_.empty()) evict_mapping(*mapping_lru_.back());
-      while (!reply_lru_.empty()) evict_reply(*reply_lru_.back());
-      bury();
-      error_code ec;
-      epoll_desc_.close(ec);
-    });
-    while (!ctx_.stopped() && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    ctx_.stop();
-    if (thread_.joinable()) thread_.join();
+  // On the reactor thread (or before the pool runs).
+  void shutdown() {
+    owner_->detach();  // kills of sessions that outlive us become no-ops
+    close_all();
+    reactor_.detach(this);
   }
+
+  Reactor& reactor() { return reactor_; }
+
+  // ---- Reactor::Client ------------------------------------------------------------------
+
+  void on_event(std::uint64_t data, std::uint32_t) override {
+    now_ = reactor_.now_ms();
+    if ((data & kTagMask) == kTagListener) {
+      const std::size_t i = data >> kTagBits;
+      if (i < listeners_.size()) read_clients(listeners_[i].get());
+      return;
+    }
+    auto* m = reinterpret_cast<Mapping*>(data & ~kTagMask);
+    if (!m->closed) read_upstream(*m);
+  }
+
+  void after_events() override {
+    now_ = reactor_.now_ms();
+    if (now_ >= next_sweep_) sweep();
+    bury();
+  }
+
+  std::int64_t next_deadline_ms() const override { return next_sweep_; }
 
  private:
-  // A listener with its reader coroutine; the coroutine holds a reference until it sees
-  // `closed` or its wait is aborted.
-  struct Socket {
-    explicit Socket(asio::io_context& ctx) : socket(ctx) {}
-    udp::socket socket;
-    bool closed = false;
-  };
-
   struct Mapping;
+  struct Reply;
 
   struct Flow {
     FlowKey key;
@@ -230,85 +223,64 @@ class UdpProxy::Worker {
     std::list<Flow*>::iterator lru;
   };
 
-  // A mapping's socket or a reply socket: registered with the worker's own epoll, which
-  // Asio waits on as one descriptor. Asio keeps the state of every socket it ever
-  // registered in a pool it never frees, and a coroutine per socket costs a frame: after
-  // a burst of 10k mappings, RSS would stay up.
-  struct Polled {
+  struct Mapping {
     Fd fd;
     bool closed = false;
-    bool upstream = false;  // a mapping's socket, else a reply socket
-  };
-
-  struct Mapping : Polled {
+    bool gso = true;  // the socket takes UDP GSO sends (until it refuses one)
     MappingKey key;
+    sockaddr_storage client{};  // key.client, ready for sendmsg
     decider::Route route;
     std::size_t flows = 0;
     std::int64_t last = 0;
     std::list<Mapping*>::iterator lru;
   };
 
-  struct Reply : Polled {
+  // Send-only: nothing is ever delivered to it (the clients' datagrams all go to the
+  // listeners), so it is not in the epoll set.
+  struct Reply {
+    Fd fd;
+    bool gso = true;
     Endpoint peer;
     std::int64_t last = 0;
     std::list<Reply*>::iterator lru;
   };
 
-  static void close(Socket& s) {
-    s.closed = true;
-    error_code ec;
-    s.socket.close(ec);
-  }
-  static void close(Polled& p) {
-    p.closed = true;
-    p.fd.reset();  // also leaves the epoll set
+  std::chrono::milliseconds sweep_every() const {
+    return std::clamp(opts_.idle_timeout / 4, std::chrono::milliseconds(100), std::chrono::milliseconds(5000));
   }
 
-  bool watch(Polled& p) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.ptr = &p;
-    return ::epoll_ctl(epoll_desc_.native_handle(), EPOLL_CTL_ADD, p.fd.get(), &ev) == 0;
-  }
-
-  awaitable<void> listener_reader(std::shared_ptr<Socket> s) {
-    for (;;) {
-      error_code ec;
-      co_await s->socket.async_wait(udp::socket::wait_read, asio::redirect_error(net::use_awaitable, ec));
-      if (ec || s->closed) co_return;
-      read_client(s->socket.native_handle(), s->closed);
+  Expected<void, std::string> add_listener(const Endpoint& ep) {
+    const bool v6 = ep.address.is_v6();
+    Fd fd(::socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd && v6 && errno == EAFNOSUPPORT) {
+      if (reactor_.index() == 0) log::warn("udp proxy: IPv6 is disabled on this host (", errno_text(errno), "); IPv4 only");
+      return {};
     }
-  }
-
-  // Level-triggered: a socket whose read budget ran out is reported again. Objects evicted
-  // while a batch is handled are buried after it, so later events never see freed memory.
-  awaitable<void> epoll_loop() {
-    for (;;) {
-      error_code ec;
-      co_await epoll_desc_.async_wait(asio::posix::stream_descriptor::wait_read,
-                                      asio::redirect_error(net::use_awaitable, ec));
-      if (ec || stopping_) co_return;
-      handle_events();
+    if (!fd) return unexpected("socket for " + ep.to_string() + ": " + errno_text(errno));
+    const int s = fd.get();
+    set_int(s, SOL_SOCKET, SO_REUSEADDR, 1);
+    // One listener per worker on the same address: the kernel spreads client endpoints.
+    if (!set_int(s, SOL_SOCKET, SO_REUSEPORT, 1)) return unexpected("SO_REUSEPORT: " + errno_text(errno));
+    if (v6) set_int(s, IPPROTO_IPV6, IPV6_V6ONLY, 1);
+    if (!set_int(s, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, 1)) {
+      return unexpected(std::string("transparent UDP listener: ") + errno_text(errno) +
+                        (errno == EPERM ? " (splitd needs CAP_NET_ADMIN: run it as root or grant the capability)" : ""));
     }
-  }
-
-  void handle_events() {
-    const int n = ::epoll_wait(epoll_desc_.native_handle(), events_.data(), static_cast<int>(events_.size()), 0);
-    for (int i = 0; i < n; ++i) {
-      auto* p = static_cast<Polled*>(events_[static_cast<std::size_t>(i)].data.ptr);
-      if (p->closed) continue;
-      if (p->upstream) {
-        read_upstream(static_cast<Mapping&>(*p));
-      } else {
-        read_client(p->fd.get(), p->closed);
-      }
+    if (!set_int(s, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_RECVORIGDSTADDR : IP_RECVORIGDSTADDR, 1)) {
+      return unexpected(std::string("UDP listener: RECVORIGDSTADDR: ") + errno_text(errno));
     }
-    bury();
-  }
-
-  void bury() {
-    dead_mappings_.clear();
-    dead_replies_.clear();
+    if (!set_int(s, SOL_SOCKET, SO_RCVBUFFORCE, kListenerBuffer)) set_int(s, SOL_SOCKET, SO_RCVBUF, kListenerBuffer);
+    // An app that sends with GSO (QUIC stacks do) hands us its run as one datagram.
+    set_int(s, SOL_UDP, UDP_GRO, 1);
+    sockaddr_storage ss;
+    const socklen_t len = sockaddr_of(ep, ss);
+    if (::bind(s, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+      const int err = errno;
+      return unexpected("bind UDP " + ep.to_string() + ": " + errno_text(err) +
+                        (err == EADDRINUSE ? " (is another splitd running? change proxy.port)" : ""));
+    }
+    listeners_.push_back(std::move(fd));
+    return {};
   }
 
   template <typename T>
@@ -317,169 +289,152 @@ class UdpProxy::Worker {
     if (item.lru != lru.begin()) lru.splice(lru.begin(), lru, item.lru);
   }
 
-  // Reads datagrams of apps: from a listener (first datagram of a flow, via TPROXY) or
-  // from a reply socket (later datagrams to that peer). The original destination comes
-  // with each datagram.
-  void read_client(int fd, const bool& closed) {
-    for (int i = 0; i < kReadBudget && !closed; ++i) {
-      sockaddr_storage from{};
-      alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(sockaddr_in6)) + 64> control;
-      iovec iov{buf_.get(), kMaxDatagram};
-      msghdr msg{};
-      msg.msg_name = &from;
-      msg.msg_namelen = sizeof from;
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control.data();
-      msg.msg_controllen = control.size();
-      const ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+  // ---- reading ---------------------------------------------------------------------------
+
+  // Datagrams of apps, every one via TPROXY, each with its original destination.
+  void read_clients(int fd) {
+    for (int round = 0; round < kReadRounds; ++round) {
+      const int n = rx_.read(fd, true);
       if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNREFUSED) {
-          log::debug("udp: client side recvmsg: ", errno_text(errno));
-        }
+        if (n != -ECONNREFUSED) log::debug("udp: listener recvmmsg: ", errno_text(-n));
         break;
       }
-      if (msg.msg_flags & MSG_TRUNC) continue;  // cannot happen below 64 KiB; drop
-      std::optional<Endpoint> dst;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-        if ((c->cmsg_level == SOL_IP && c->cmsg_type == IP_ORIGDSTADDR) ||
-            (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_ORIGDSTADDR)) {
-          sockaddr_storage orig{};
-          std::memcpy(&orig, CMSG_DATA(c),
-                      std::min<std::size_t>(c->cmsg_len - CMSG_LEN(0), sizeof orig));
-          dst = endpoint_of(orig);
-        }
-      }
-      if (!dst) continue;
-      from_client(endpoint_of(from), *dst, static_cast<std::size_t>(n));
+      for (int i = 0; i < n; ++i) from_client(rx_[static_cast<std::size_t>(i)]);
+      flush();
+      if (static_cast<unsigned>(n) < rx_.capacity()) break;  // drained
     }
   }
 
-  // Reads what peers send to a mapping: any peer, not only those the client contacted.
-  void read_upstream(Mapping& mapping) {
-    Mapping* const m = &mapping;
-    for (int i = 0; i < kReadBudget && !m->closed; ++i) {
-      sockaddr_storage from{};
-      iovec iov{buf_.get(), kMaxDatagram};
-      msghdr msg{};
-      msg.msg_name = &from;
-      msg.msg_namelen = sizeof from;
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      const ssize_t n = ::recvmsg(m->fd.get(), &msg, MSG_DONTWAIT);
+  // What peers send to a mapping: any peer, not only those the client contacted.
+  void read_upstream(Mapping& m) {
+    for (int round = 0; round < kReadRounds && !m.closed; ++round) {
+      const int n = rx_.read(m.fd.get(), false);
       if (n < 0) {
-        if (errno == EINTR) continue;
-        // An ICMP error of one peer (port unreachable, ...) says nothing about the
-        // others: the mapping stays.
-        if (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) {
-          log::debug("udp: upstream recvmsg on ", m->key.client.to_string(), "'s mapping: ",
-                     errno_text(errno));
-        }
+        // An ICMP error of one peer (port unreachable, ...) says nothing about the others:
+        // the mapping stays.
+        if (n == -ECONNREFUSED || n == -EHOSTUNREACH || n == -ENETUNREACH) continue;
+        log::debug("udp: upstream recvmmsg on ", m.key.client.to_string(), "'s mapping: ", errno_text(-n));
         break;
       }
-      if (msg.msg_flags & MSG_TRUNC) continue;
-      from_peer(*m, endpoint_of(from), static_cast<std::size_t>(n));
+      for (int i = 0; i < n && !m.closed; ++i) from_peer(m, rx_[static_cast<std::size_t>(i)]);
+      flush();
+      if (static_cast<unsigned>(n) < rx_.capacity()) break;
     }
   }
 
-  void from_client(const Endpoint& client, const Endpoint& dst, std::size_t n) {
-    const std::int64_t now = steady_ms();
-    Flow* f = find_flow({client, dst});
-    if (!f) f = new_flow(client, dst, now, n);
-    if (!f) return;
-    touch(flow_lru_, *f, now);
-    f->session->add_sent(n, 1);
-    f->session->last_activity_ms.store(now, std::memory_order_relaxed);
+  void flush() {
+    tx_.flush();
+    if (const int err = tx_.take_error(); err != 0 && log::enabled(log::Level::kDebug)) {
+      log::debug("udp: sendmsg: ", errno_text(err));  // UDP may drop; say why for whoever debugs
+    }
+  }
+
+  void from_client(const Datagram& d) {
+    Flow* f = nullptr;
+    // Consecutive datagrams of one flow (the common case in a batch) skip the lookup.
+    if (cached_flow_ && same_sockaddr(cached_from_, *d.from) && same_sockaddr(cached_to_, *d.original_destination)) {
+      f = cached_flow_;
+    } else {
+      const Endpoint client = endpoint_of(*d.from);
+      const Endpoint dst = endpoint_of(*d.original_destination);
+      f = find_flow({client, dst});
+      if (!f) f = new_flow(client, dst, d);
+      if (!f) return;
+      cache(f, *d.from, *d.original_destination);
+    }
+    touch(flow_lru_, *f, now_);
+    f->session->add_sent(d.data.size(), segments_of(d));
+    f->session->last_activity_ms.store(now_, std::memory_order_relaxed);
     if (!f->mapping) return;  // blocked
     Mapping& m = *f->mapping;
-    touch(mapping_lru_, m, now);
-    sockaddr_storage ss;
-    const socklen_t len = sockaddr_of(dst, ss);
-    if (::sendto(m.fd.get(), buf_.get(), n, MSG_DONTWAIT,
-                 reinterpret_cast<sockaddr*>(&ss), len) < 0 &&
-        errno != EAGAIN && errno != EWOULDBLOCK) {
-      // UDP may drop; say why once in a while for whoever debugs a flow.
-      log::debug("udp #", f->session->id, " ", dst.to_string(), " via ", m.route.interface,
-                 ": sendto: ", errno_text(errno));
-    }
+    touch(mapping_lru_, m, now_);
+    tx_.queue(m.fd.get(), *d.original_destination, sockaddr_len(*d.original_destination), d.data, d.segment, &m.gso);
   }
 
-  void from_peer(Mapping& m, const Endpoint& peer, std::size_t n) {
-    const std::int64_t now = steady_ms();
+  void from_peer(Mapping& m, const Datagram& d) {
     const Endpoint& client = m.key.client;
-    Flow* f = find_flow({client, peer});
-    if (!f) {
-      // A peer the client never contacted (full cone): the flow takes the mapping's
-      // route, so the client's answers leave through the address the peer knows.
-      SessionSpec spec;
-      spec.protocol = decider::Protocol::kUdp;
-      spec.client = client;
-      spec.destination = peer;
-      spec.route = m.route;
-      f = add_flow(std::move(spec), &m, now);
-      if (!f) return;
+    Flow* f = nullptr;
+    if (cached_flow_ && cached_flow_->mapping == &m && same_sockaddr(cached_to_, *d.from)) {
+      f = cached_flow_;
+    } else {
+      const Endpoint peer = endpoint_of(*d.from);
+      f = find_flow({client, peer});
+      if (!f) {
+        // A peer the client never contacted (full cone): the flow takes the mapping's
+        // route, so the client's answers leave through the address the peer knows.
+        SessionSpec spec;
+        spec.protocol = decider::Protocol::kUdp;
+        spec.client = client;
+        spec.destination = peer;
+        spec.route = m.route;
+        f = add_flow(std::move(spec), &m);
+        if (!f) return;
+      }
+      cache(f, m.client, *d.from);
     }
-    touch(flow_lru_, *f, now);
-    touch(mapping_lru_, m, now);
-    f->session->add_received(n, 1);
-    f->session->last_activity_ms.store(now, std::memory_order_relaxed);
-    Reply* r = reply_socket(peer, now);
+    touch(flow_lru_, *f, now_);
+    touch(mapping_lru_, m, now_);
+    f->session->add_received(d.data.size(), segments_of(d));
+    f->session->last_activity_ms.store(now_, std::memory_order_relaxed);
+    Reply* r = reply_socket(f->key.destination);
     if (!r) return;
-    sockaddr_storage ss;
-    const socklen_t len = sockaddr_of(client, ss);
-    if (::sendto(r->fd.get(), buf_.get(), n, MSG_DONTWAIT,
-                 reinterpret_cast<sockaddr*>(&ss), len) < 0 &&
-        errno != EAGAIN && errno != EWOULDBLOCK) {
-      log::debug("udp #", f->session->id, " reply from ", peer.to_string(), " to ",
-                 client.to_string(), ": sendto: ", errno_text(errno));
-    }
+    tx_.queue(r->fd.get(), m.client, sockaddr_len(m.client), d.data, d.segment, &r->gso);
   }
+
+  void cache(Flow* f, const sockaddr_storage& from, const sockaddr_storage& to) {
+    cached_flow_ = f;
+    std::memcpy(&cached_from_, &from, sockaddr_len(from));
+    cached_from_.ss_family = from.ss_family;
+    std::memcpy(&cached_to_, &to, sockaddr_len(to));
+    cached_to_.ss_family = to.ss_family;
+  }
+
+  // ---- flows and mappings ----------------------------------------------------------------
 
   Flow* find_flow(const FlowKey& k) {
     auto it = flows_.find(k);
     return it == flows_.end() ? nullptr : it->second.get();
   }
 
-  Flow* new_flow(const Endpoint& client, const Endpoint& dst, std::int64_t now, std::size_t n) {
-    if (stopping_) return nullptr;
-    SessionSpec spec = proxy_.classifier_.classify(
-        {decider::Protocol::kUdp, client, dst, {reinterpret_cast<const std::uint8_t*>(buf_.get()), n}});
+  Flow* new_flow(const Endpoint& client, const Endpoint& dst, const Datagram& d) {
+    SessionSpec spec = proxy_.classifier_.classify({decider::Protocol::kUdp, client, dst, d.data});
     const decider::Route& route = spec.route;
     Mapping* m = nullptr;
     if (route.kind != decider::RouteKind::kBlock) {
-      if (flows_.size() >= opts_.max_sessions) return refuse(client, dst);
-      m = mapping_for(client, route, now);
+      // Checked before the mapping is made too: a refused flow leaves no mapping behind.
+      if (proxy_.flows_.load(std::memory_order_relaxed) >= opts_.max_sessions) return refuse(client, dst);
+      m = mapping_for(client, route);
       if (!m) return nullptr;
     }
-    return add_flow(std::move(spec), m, now);
+    return add_flow(std::move(spec), m);
   }
 
   Flow* refuse(const Endpoint& client, const Endpoint& dst) {
     counters_.add(decider::Protocol::kUdp, WorkerCounters::kRefused);
-    const std::int64_t now = steady_ms();
-    if (now - last_refused_log_ >= 1000) {  // one line per second at most
-      last_refused_log_ = now;
+    if (now_ - last_refused_log_ >= 1000) {  // one line per second at most
+      last_refused_log_ = now_;
       log::warn("udp ", client.to_string(), " -> ", dst.to_string(), ": dropped, max_sessions (",
                 opts_.max_sessions, ") reached");
     }
     return nullptr;
   }
 
-  Flow* add_flow(SessionSpec spec, Mapping* m, std::int64_t now) {
-    if (flows_.size() >= opts_.max_sessions) return refuse(spec.client, spec.destination);
+  Flow* add_flow(SessionSpec spec, Mapping* m) {
+    // The count is taken first so max_sessions holds across workers under a burst.
+    if (proxy_.flows_.fetch_add(1, std::memory_order_relaxed) >= opts_.max_sessions) {
+      proxy_.flows_.fetch_sub(1, std::memory_order_relaxed);
+      return refuse(spec.client, spec.destination);
+    }
     auto f = std::make_unique<Flow>();
     f->key = {spec.client, spec.destination};
     f->mapping = m;
-    f->last = now;
+    f->last = now_;
     f->session = proxy_.sessions_.add(std::move(spec), counters_, owner_);
     if (m) ++m->flows;
     flow_lru_.push_front(f.get());
     f->lru = flow_lru_.begin();
     Flow* raw = f.get();
     flows_.emplace(raw->key, std::move(f));
-    proxy_.flows_.store(flows_.size(), std::memory_order_relaxed);
     return raw;
   }
 
@@ -503,22 +458,23 @@ class UdpProxy::Worker {
                  "' sent ", s.packets_sent.load(), "/", s.bytes_sent.load(), "B received ",
                  s.packets_received.load(), "/", s.bytes_received.load(), "B (", how, ")");
     }
+    if (cached_flow_ == &f) cached_flow_ = nullptr;
     proxy_.sessions_.remove(s);
     if (f.mapping) --f.mapping->flows;
     flow_lru_.erase(f.lru);
     const FlowKey key = f.key;
     flows_.erase(key);  // destroys f
-    proxy_.flows_.store(flows_.size(), std::memory_order_relaxed);
+    proxy_.flows_.fetch_sub(1, std::memory_order_relaxed);
   }
 
-  Mapping* mapping_for(const Endpoint& client, const decider::Route& route, std::int64_t now) {
+  Mapping* mapping_for(const Endpoint& client, const decider::Route& route) {
     const MappingKey key{client, route.kind, route.ifindex};
     if (auto it = mappings_.find(key); it != mappings_.end()) return it->second.get();
     auto m = std::make_unique<Mapping>();
-    m->upstream = true;
     m->key = key;
+    sockaddr_of(client, m->client);
     m->route = route;
-    m->last = now;
+    m->last = now_;
     if (auto r = open_upstream(*m); !r) {
       counters_.failure(decider::Protocol::kUdp, FailReason::kSocket);
       log::debug("udp ", client.to_string(), " via ", route.interface, ": ", r.error());
@@ -528,7 +484,7 @@ class UdpProxy::Worker {
     m->lru = mapping_lru_.begin();
     Mapping* raw = m.get();
     mappings_.emplace(key, std::move(m));
-    proxy_.mappings_.store(mappings_.size(), std::memory_order_relaxed);
+    proxy_.mappings_.fetch_add(1, std::memory_order_relaxed);
     return raw;
   }
 
@@ -551,39 +507,50 @@ class UdpProxy::Worker {
                      static_cast<socklen_t>(route.interface.size())) != 0) {
       return unexpected("bind to device " + route.interface + ": " + errno_text(errno));
     }
+    // A limit, not an allocation: the kernel charges only what is queued.
+    if (!set_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, kMappingBuffer)) set_int(fd, SOL_SOCKET, SO_RCVBUF, kMappingBuffer);
+    set_int(fd, SOL_UDP, UDP_GRO, 1);  // a download arrives in super-datagrams where the NIC path has GRO
     sockaddr_storage ss;
     const socklen_t len = sockaddr_of({*route.source, 0}, ss);
     if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
       return unexpected("bind " + route.source->to_string() + ": " + errno_text(errno));
     }
-    if (!watch(m)) return unexpected("epoll: " + errno_text(errno));
+    if (!reactor_.add(fd, EPOLLIN, reinterpret_cast<std::uint64_t>(&m) | kTagMapping)) {
+      return unexpected("epoll: " + errno_text(errno));
+    }
     return {};
   }
 
   void evict_mapping(Mapping& m) {
-    close(m);
+    flush();  // queued datagrams name its socket
+    if (cached_flow_ && cached_flow_->mapping == &m) cached_flow_ = nullptr;
+    m.closed = true;
+    m.fd.reset();  // also leaves the epoll set
     mapping_lru_.erase(m.lru);
     const MappingKey key = m.key;
     auto it = mappings_.find(key);
-    dead_mappings_.push_back(std::move(it->second));
+    dead_mappings_.push_back(std::move(it->second));  // later events of this turn may name it
     mappings_.erase(it);
-    proxy_.mappings_.store(mappings_.size(), std::memory_order_relaxed);
+    proxy_.mappings_.fetch_sub(1, std::memory_order_relaxed);
   }
 
   // The transparent socket bound to `peer`, from which replies reach clients with the
-  // peer's address as source. Bypass mark: the reply is not intercepted again.
-  Reply* reply_socket(const Endpoint& peer, std::int64_t now) {
+  // peer's address as source. Bypass mark: the reply is not intercepted again. Every
+  // worker has its own (SO_REUSEADDR lets them share the address): a worker sends only
+  // from its own sockets.
+  Reply* reply_socket(const Endpoint& peer) {
+    if (cached_reply_ && cached_reply_->peer == peer) {
+      touch(reply_lru_, *cached_reply_, now_);
+      return cached_reply_;
+    }
     if (auto it = replies_.find(peer); it != replies_.end()) {
-      touch(reply_lru_, *it->second, now);
-      return it->second.get();
+      touch(reply_lru_, *it->second, now_);
+      return cached_reply_ = it->second.get();
     }
-    if (stopping_) return nullptr;
-    while (replies_.size() >= std::max<std::size_t>(1, opts_.reply_sockets)) {
-      evict_reply(*reply_lru_.back());
-    }
+    while (replies_.size() >= std::max<std::size_t>(1, opts_.reply_sockets)) evict_reply(*reply_lru_.back());
     auto r = std::make_unique<Reply>();
     r->peer = peer;
-    r->last = now;
+    r->last = now_;
     const bool v6 = peer.address.is_v6();
     r->fd = Fd(::socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     const auto fail = [&](const char* what) {
@@ -596,117 +563,131 @@ class UdpProxy::Worker {
     if (!set_int(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, 1)) {
       return fail("transparent");
     }
-    // It also receives the clients' next datagrams to the peer: tell their destination.
-    set_int(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_RECVORIGDSTADDR : IP_RECVORIGDSTADDR, 1);
     set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1);
-    if (!set_int(fd, SOL_SOCKET, SO_RCVBUFFORCE, kReplyBuffer)) set_int(fd, SOL_SOCKET, SO_RCVBUF, kReplyBuffer);
+    set_int(fd, SOL_SOCKET, SO_RCVBUF, 0);  // the kernel's minimum: it receives nothing
     if (!set_int(fd, SOL_SOCKET, SO_MARK, static_cast<int>(opts_.bypass_mark))) return fail("SO_MARK");
     sockaddr_storage ss;
     const socklen_t len = sockaddr_of(peer, ss);
     if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) return fail("bind");
-    if (!watch(*r)) return fail("epoll");
     reply_lru_.push_front(r.get());
     r->lru = reply_lru_.begin();
     Reply* raw = r.get();
     replies_.emplace(peer, std::move(r));
-    return raw;
+    return cached_reply_ = raw;
   }
 
   void evict_reply(Reply& r) {
-    close(r);
+    flush();  // queued datagrams name its socket
+    if (cached_reply_ == &r) cached_reply_ = nullptr;
     reply_lru_.erase(r.lru);
-    auto it = replies_.find(r.peer);
-    dead_replies_.push_back(std::move(it->second));
-    replies_.erase(it);
+    const Endpoint peer = r.peer;
+    replies_.erase(peer);  // closes it: never in the epoll set, no event can name it
   }
+
+  void bury() { dead_mappings_.clear(); }
 
   // Closes what has been idle for idle_timeout: flows, then mappings without flows, then
   // reply sockets. Each list is ordered by last use, so a sweep only looks at the expired.
-  awaitable<void> sweeper() {
-    const auto idle = opts_.idle_timeout;
-    const auto every = std::clamp(idle / 4, std::chrono::milliseconds(100), std::chrono::milliseconds(5000));
-    for (;;) {
-      sweep_timer_.expires_after(every);
-      error_code ec;
-      co_await sweep_timer_.async_wait(asio::redirect_error(net::use_awaitable, ec));
-      if (ec || stopping_) co_return;
-      const std::int64_t expired = steady_ms() - idle.count();
-      std::size_t freed = 0;
-      while (!flow_lru_.empty() && flow_lru_.back()->last <= expired) {
-        evict_flow(*flow_lru_.back(), "idle");
-        ++freed;
-      }
-      // A mapping is touched with every flow of it, so it expires with its last flow.
-      while (!mapping_lru_.empty() && mapping_lru_.back()->last <= expired) {
-        Mapping& m = *mapping_lru_.back();
-        if (m.flows != 0) {  // a flow touched later than the mapping: cannot happen; be safe
-          touch(mapping_lru_, m, steady_ms());
-          break;
-        }
-        evict_mapping(m);
-        ++freed;
-      }
-      while (!reply_lru_.empty() && reply_lru_.back()->last <= expired) {
-        evict_reply(*reply_lru_.back());
-        ++freed;
-      }
-      bury();
-      freed_since_trim_ += freed;
-      if (freed > 0 && freed_since_trim_ >= kTrimAfter) {
-        freed_since_trim_ = 0;
-        log::debug("udp: ", freed, " idle flows, mappings and reply sockets closed; ", flows_.size(),
-                   " flows and ", mappings_.size(), " mappings remain");
-        if (flows_.empty()) flows_.rehash(0);
-        if (mappings_.empty()) mappings_.rehash(0);
-        ::malloc_trim(0);  // a burst's memory goes back to the OS, not only to malloc
-      }
+  void sweep() {
+    next_sweep_ = now_ + sweep_every().count();
+    const std::int64_t expired = now_ - opts_.idle_timeout.count();
+    std::size_t freed = 0;
+    while (!flow_lru_.empty() && flow_lru_.back()->last <= expired) {
+      evict_flow(*flow_lru_.back(), "idle");
+      ++freed;
     }
+    // A mapping is touched with every flow of it, so it expires with its last flow.
+    while (!mapping_lru_.empty() && mapping_lru_.back()->last <= expired) {
+      Mapping& m = *mapping_lru_.back();
+      if (m.flows != 0) {  // a flow touched later than the mapping: cannot happen; be safe
+        touch(mapping_lru_, m, now_);
+        break;
+      }
+      evict_mapping(m);
+      ++freed;
+    }
+    while (!reply_lru_.empty() && reply_lru_.back()->last <= expired) {
+      evict_reply(*reply_lru_.back());
+      ++freed;
+    }
+    bury();
+    freed_since_trim_ += freed;
+    if (freed > 0 && freed_since_trim_ >= kTrimAfter) {
+      freed_since_trim_ = 0;
+      log::debug("udp: ", freed, " idle flows, mappings and reply sockets closed; ", flows_.size(),
+                 " flows and ", mappings_.size(), " mappings remain on worker ", reactor_.index());
+      if (flows_.empty()) flows_.rehash(0);
+      if (mappings_.empty()) mappings_.rehash(0);
+      ::malloc_trim(0);  // a burst's memory goes back to the OS, not only to malloc
+    }
+  }
+
+  void close_all() {
+    for (auto& l : listeners_) reactor_.remove(l.get());
+    listeners_.clear();
+    while (!flow_lru_.empty()) evict_flow(*flow_lru_.back(), "shutdown");
+    while (!mapping_lru_.empty()) evict_mapping(*mapping_lru_.back());
+    while (!reply_lru_.empty()) evict_reply(*reply_lru_.back());
+    tx_.flush();
+    bury();
+    next_sweep_ = LLONG_MAX;
   }
 
   UdpProxy& proxy_;
   const UdpProxyOptions& opts_;
-  asio::io_context ctx_{1};
-  asio::steady_timer sweep_timer_{ctx_};
-  std::unique_ptr<char[]> buf_;  // one datagram; not zero-filled
+  Reactor& reactor_;
+  RecvBatch rx_;
+  SendBatch tx_;
   Hasher hasher_;
-  std::vector<std::shared_ptr<Socket>> listeners_;
+  std::vector<Fd> listeners_;
   std::unordered_map<FlowKey, std::unique_ptr<Flow>, Hasher> flows_;
   std::unordered_map<MappingKey, std::unique_ptr<Mapping>, Hasher> mappings_;
   std::unordered_map<Endpoint, std::unique_ptr<Reply>, Hasher> replies_;
-  std::vector<std::unique_ptr<Mapping>> dead_mappings_;  // evicted, freed after the batch
-  std::vector<std::unique_ptr<Reply>> dead_replies_;
-  asio::posix::stream_descriptor epoll_desc_{ctx_};  // the worker's epoll set
-  std::array<epoll_event, 128> events_;
+  std::vector<std::unique_ptr<Mapping>> dead_mappings_;  // evicted, freed after the turn
   std::list<Flow*> flow_lru_;  // most recently used first
   std::list<Mapping*> mapping_lru_;
   std::list<Reply*> reply_lru_;
+  Flow* cached_flow_ = nullptr;  // the last flow a datagram belonged to, and its addresses
+  sockaddr_storage cached_from_{}, cached_to_{};
+  Reply* cached_reply_ = nullptr;
   WorkerCounters& counters_;
   std::shared_ptr<SessionOwner> owner_ = std::make_shared<SessionOwner>(nullptr);
+  std::int64_t now_ = 0;
+  std::int64_t next_sweep_ = LLONG_MAX;
   std::int64_t last_refused_log_ = 0;
   std::size_t freed_since_trim_ = 0;
-  bool stopping_ = false;
-  std::thread thread_;
 };
 
-UdpProxy::UdpProxy(UdpProxyOptions options, const Classifier& classifier, SessionTable& sessions)
-    : options_(options), classifier_(classifier), sessions_(sessions) {}
+UdpProxy::UdpProxy(UdpProxyOptions options, const Classifier& classifier, SessionTable& sessions,
+                   ReactorPool& reactors)
+    : options_(options), classifier_(classifier), sessions_(sessions), reactors_(reactors) {}
 
 UdpProxy::~UdpProxy() { stop(); }
 
 Expected<void, std::string> UdpProxy::start() {
-  auto w = std::make_unique<Worker>(*this);
-  if (auto r = w->listen(); !r) return r;
-  worker_ = std::move(w);
-  worker_->start();
+  for (std::size_t i = 0; i < reactors_.size(); ++i) {
+    auto w = std::make_unique<Worker>(*this, reactors_.at(i));
+    auto r = w->open_listeners();
+    workers_.push_back(std::move(w));
+    if (!r) {
+      stop();
+      return r;
+    }
+  }
+  for (auto& w : workers_) {
+    Expected<void, std::string> r;
+    w->reactor().run_sync([&] { r = w->listen(); });
+    if (!r) {
+      stop();
+      return r;
+    }
+  }
   return {};
 }
 
-void UdpProxy::stop(std::chrono::milliseconds deadline) {
-  if (!worker_) return;
-  worker_->stop(std::chrono::steady_clock::now() + deadline);
-  worker_.reset();
-  flows_.store(0);
-  mappings_.store(0);
+void UdpProxy::stop() {
+  for (auto& w : workers_) w->reactor().run_sync([&] { w->shutdown(); });
+  workers_.clear();
 }
 
 }  // namespace splitd::proxy

@@ -7,10 +7,12 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/expected.hpp"
 #include "decider/decider.hpp"
 #include "proxy/classifier.hpp"
+#include "proxy/reactor.hpp"
 #include "proxy/session_table.hpp"
 
 namespace splitd::proxy {
@@ -41,29 +43,34 @@ class KeyedHash {
   std::array<std::uint8_t, 16> key_;
 };
 
-// The transparent UDP proxy, full cone. One worker thread owns everything (listeners on
-// 127.0.0.1:port and [::1]:port, flows, upstream mappings, reply sockets), so no state is
-// shared and nothing is locked on the data path.
+// The transparent UDP proxy, full cone. It runs a worker on every reactor of the pool,
+// each with its own SO_REUSEPORT transparent listeners on 127.0.0.1:port and [::1]:port.
+// TPROXY hands every datagram a client sends (the first of a flow and all later ones) to
+// the listener group, and the kernel picks the worker by a hash of the client's address
+// and port: a client endpoint, with all its flows and mappings, lives on one worker, which
+// also sends its replies. No state is shared and nothing is locked on the data path.
 //
 // A flow (client endpoint, original destination) is classified once (Classifier). Flows of
 // one client with the same route share an upstream mapping: one unconnected socket bound
 // to the route's interface and address with the bypass mark, from which replies of any
 // peer go back to the client (full cone). Replies reach the client from a transparent
-// socket bound to the peer's address, so the client sees the right source; those sockets
-// also receive the client's next datagrams to that peer (the firewall's "established
-// transparent socket" rule delivers them there). start() and stop() are called from one
-// controlling thread; flows() and mappings() from any.
+// socket bound to the peer's address (one per peer and worker, send-only), so the client
+// sees the right source. Datagrams are read with recvmmsg and written with sendmmsg, runs
+// of them as one UDP GSO send, and arrive as UDP GRO super-datagrams where the kernel
+// coalesces them (udp_batch.hpp). start() and stop() are called from one controlling
+// thread while the pool runs; flows() and mappings() from any.
 class UdpProxy {
  public:
-  UdpProxy(UdpProxyOptions options, const Classifier& classifier, SessionTable& sessions);
+  UdpProxy(UdpProxyOptions options, const Classifier& classifier, SessionTable& sessions,
+           ReactorPool& reactors);
   ~UdpProxy();
   UdpProxy(const UdpProxy&) = delete;
   UdpProxy& operator=(const UdpProxy&) = delete;
 
-  // Opens the listeners (a missing capability is a clear error) and starts the worker.
+  // Opens the listeners (a missing capability is a clear error) on every reactor.
   Expected<void, std::string> start();
-  // Closes every socket, ends every flow and joins the worker (hard after `deadline`).
-  void stop(std::chrono::milliseconds deadline = std::chrono::milliseconds(1500));
+  // Closes every socket and ends every flow.
+  void stop();
 
   std::size_t flows() const { return flows_.load(std::memory_order_relaxed); }
   std::size_t mappings() const { return mappings_.load(std::memory_order_relaxed); }
@@ -75,9 +82,10 @@ class UdpProxy {
   UdpProxyOptions options_;
   const Classifier& classifier_;
   SessionTable& sessions_;
-  std::atomic<std::size_t> flows_{0};
+  ReactorPool& reactors_;
+  std::atomic<std::size_t> flows_{0};  // of all workers: max_sessions holds across them
   std::atomic<std::size_t> mappings_{0};
-  std::unique_ptr<Worker> worker_;
+  std::vector<std::unique_ptr<Worker>> workers_;
 };
 
 }  // namespace splitd::proxy
