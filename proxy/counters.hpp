@@ -9,6 +9,11 @@
 
 namespace splitd::proxy {
 
+class SessionTable;
+namespace detail {
+struct SessionShard;  // a SessionTable's sessions of one worker (session_table.hpp)
+}  // namespace detail
+
 // Why a flow failed (bounded: these are /metrics labels).
 enum class FailReason : std::uint8_t {
   kConnectTimeout,  // no answer within connect_timeout
@@ -47,7 +52,8 @@ struct ProtocolCounters {
 
 // One worker's counters: written by that worker only (relaxed load + store, no locked
 // instruction), read by anyone. Each protocol's block starts on its own cache line so
-// two workers never write the same line. Lives as long as the SessionTable.
+// two workers never write the same line. Those of SessionTable::register_worker() are
+// part of that worker's shard of the table and live as long as the table.
 class WorkerCounters {
  public:
   enum Slot : std::size_t {
@@ -85,6 +91,13 @@ class WorkerCounters {
   Block& block(decider::Protocol p) { return p == decider::Protocol::kTcp ? tcp_ : udp_; }
   const Block& block(decider::Protocol p) const { return p == decider::Protocol::kTcp ? tcp_ : udp_; }
   Block tcp_, udp_;
+
+  // Set once by the SessionTable that registered this worker, before it hands the counters
+  // out: how add() and remove() find the worker's shard without a lookup or a lock. Null
+  // for counters made elsewhere.
+  friend class SessionTable;
+  const SessionTable* table_ = nullptr;
+  detail::SessionShard* shard_ = nullptr;
 };
 
 }  // namespace splitd::proxy

@@ -121,15 +121,30 @@ void Session::set_packets(std::uint64_t sent, std::uint64_t received) {
 
 WorkerCounters& SessionTable::register_worker() {
   std::lock_guard lock(workers_mu_);
-  workers_.push_back(std::make_unique<WorkerCounters>());
-  return *workers_.back();
+  detail::SessionShard& sh = shards_.emplace_back();
+  // Before the counters are handed out: the worker reads these without a lock.
+  sh.counters.table_ = this;
+  sh.counters.shard_ = &sh;
+  return sh.counters;
+}
+
+detail::SessionShard& SessionTable::shard_of(const WorkerCounters& counters) {
+  return counters.table_ == this ? *counters.shard_ : fallback_;
+}
+
+template <class F>
+void SessionTable::for_each_shard(F&& f) const {
+  std::lock_guard lock(workers_mu_);
+  if (f(fallback_)) return;
+  for (const detail::SessionShard& sh : shards_) {
+    if (f(sh)) return;
+  }
 }
 
 std::shared_ptr<Session> SessionTable::add(SessionSpec spec, WorkerCounters& counters,
                                            std::shared_ptr<SessionOwner> owner) {
   auto s = std::make_shared<Session>();
   static_cast<SessionSpec&>(*s) = std::move(spec);
-  s->id = next_id_.fetch_add(1, std::memory_order_relaxed);
   s->counters = &counters;
   s->owner = std::move(owner);
   s->started_at = std::chrono::system_clock::now();
@@ -137,8 +152,13 @@ std::shared_ptr<Session> SessionTable::add(SessionSpec spec, WorkerCounters& cou
   counters.add(s->protocol, WorkerCounters::kStarted);
   counters.decision(s->protocol, s->route.kind, s->route.matched);
   if (s->route.kind == decider::RouteKind::kBlock) counters.add(s->protocol, WorkerCounters::kBlocked);
-  Shard& sh = shard(s->id);
+  detail::SessionShard& sh = shard_of(counters);
   std::lock_guard lock(sh.mu);
+  if (sh.next_id == sh.end_id) {  // the block is used up, or there is none yet: take one
+    sh.next_id = next_id_.fetch_add(kIdBlock, std::memory_order_relaxed);
+    sh.end_id = sh.next_id + kIdBlock;
+  }
+  s->id = sh.next_id++;
   sh.live.emplace(s->id, s);
   if (s->protocol == decider::Protocol::kTcp) ++sh.tcp;
   return s;
@@ -146,7 +166,7 @@ std::shared_ptr<Session> SessionTable::add(SessionSpec spec, WorkerCounters& cou
 
 void SessionTable::remove(const Session& session) {
   {
-    Shard& sh = shard(session.id);
+    detail::SessionShard& sh = shard_of(*session.counters);  // the shard add() chose
     std::lock_guard lock(sh.mu);
     if (sh.live.erase(session.id) != 0 && session.protocol == decider::Protocol::kTcp) --sh.tcp;
   }
@@ -156,11 +176,13 @@ void SessionTable::remove(const Session& session) {
 std::vector<SessionView> SessionTable::list() const {
   // Copies of the pointers, one shard's lock at a time; the views are made outside.
   std::vector<std::shared_ptr<Session>> live;
-  for (const Shard& sh : shards_) {
+  for_each_shard([&live](const detail::SessionShard& sh) {
     std::lock_guard lock(sh.mu);
-    live.reserve(live.size() + sh.live.size());
+    const std::size_t needed = live.size() + sh.live.size();
+    if (needed > live.capacity()) live.reserve(std::max(needed, 2 * live.capacity()));
     for (const auto& [id, s] : sh.live) live.push_back(s);
-  }
+    return false;
+  });
   const std::int64_t now = steady_ms();
   std::vector<SessionView> out;
   out.reserve(live.size());
@@ -180,32 +202,31 @@ std::vector<SessionView> SessionTable::list() const {
 }
 
 bool SessionTable::kill(std::uint64_t id) {
+  // Ids do not tell their shard: ask each in turn (kills are rare, an operator's request).
   std::shared_ptr<SessionOwner> owner;
-  {
-    const Shard& sh = shard(id);
+  bool found = false;
+  for_each_shard([&](const detail::SessionShard& sh) {
     std::lock_guard lock(sh.mu);
     auto it = sh.live.find(id);
     if (it == sh.live.end()) return false;
     owner = it->second->owner;
-  }
-  // Outside the shard lock: the owner's lock is held while posting, never both at once.
-  return owner && owner->kill(id);
+    found = true;
+    return true;
+  });
+  // Outside the table's locks: the owner's lock is held while posting, never with them.
+  return found && owner && owner->kill(id);
 }
 
 CounterTotals SessionTable::counters() const {
   CounterTotals t;
-  {
-    std::lock_guard lock(workers_mu_);
-    for (const auto& w : workers_) {
-      w->sum_into(decider::Protocol::kTcp, t.tcp);
-      w->sum_into(decider::Protocol::kUdp, t.udp);
-    }
-  }
-  for (const Shard& sh : shards_) {
+  for_each_shard([&t](const detail::SessionShard& sh) {
+    sh.counters.sum_into(decider::Protocol::kTcp, t.tcp);
+    sh.counters.sum_into(decider::Protocol::kUdp, t.udp);
     std::lock_guard lock(sh.mu);
     t.active_tcp += sh.tcp;
     t.active_udp += sh.live.size() - sh.tcp;
-  }
+    return false;
+  });
   return t;
 }
 

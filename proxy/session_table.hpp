@@ -2,10 +2,10 @@
 
 #include <sys/socket.h>
 
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -117,20 +117,42 @@ struct CounterTotals {
   std::uint64_t active_tcp = 0, active_udp = 0;
 };
 
-// All live sessions of all workers, in shards by id so that a listing holds one shard's
-// lock at a time (starts and ends on the workers wait for at most that). Per-worker
-// counters make totals() lock-free. Nothing here is touched per packet. Thread-safe.
+namespace detail {
+// One worker's part of a SessionTable: its counters and its live sessions. On cache lines
+// of its own, so that no two workers ever write the same line. (The table's fallback
+// shard is the one all callers with counters it did not register share.)
+struct alignas(64) SessionShard {
+  WorkerCounters counters;  // the worker's (always zero in the table's fallback shard)
+  // Taken by the worker to start and end a flow, and by the readers (list, kill,
+  // counters) to look; never by another worker.
+  mutable std::mutex mu;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Session>> live;  // under mu
+  std::size_t tcp = 0;  // of `live`, so counting needs no walk; under mu
+  // The block of ids this shard gives out next, [next_id, end_id); under mu.
+  std::uint64_t next_id = 0, end_id = 0;
+};
+}  // namespace detail
+
+// All live sessions of all workers, in shards by worker: a worker starts and ends its
+// flows in its own shard, under a lock that only the readers (list, kill, counters: the
+// API) contend for, and they hold one shard's lock at a time. Ids are unique and start
+// at 1; a shard takes them in blocks of kIdBlock from one shared counter (one atomic
+// operation per kIdBlock flows), so they increase per worker but are only roughly in the
+// order of start across workers. Per-worker counters, written by their worker alone, keep
+// the figures of flows out of any lock. Nothing here is touched per packet. Thread-safe.
 class SessionTable {
  public:
   SessionTable() = default;
   SessionTable(const SessionTable&) = delete;
   SessionTable& operator=(const SessionTable&) = delete;
 
-  // A worker's counters, alive as long as the table. Called when a worker is created.
+  // A worker's counters, alive as long as the table. Called when a worker is created;
+  // the worker then calls add() and remove() with them from its own thread only.
   WorkerCounters& register_worker();
 
   // Counts the start and the decision; `owner` (may be null) is in place before the
-  // session is visible to other threads.
+  // session is visible to other threads. Counters that this table did not register
+  // work too, through a fallback shard that all such callers share.
   std::shared_ptr<Session> add(SessionSpec spec, WorkerCounters& counters,
                                std::shared_ptr<SessionOwner> owner);
   void remove(const Session& session);
@@ -139,21 +161,23 @@ class SessionTable {
   // Asks the session's worker to end it; false when the id is unknown or unkillable.
   bool kill(std::uint64_t id);
   SessionTotals totals() const;
+  // Sums the counters this table registered (not those of the fallback's callers).
   CounterTotals counters() const;
 
  private:
-  static constexpr std::size_t kShards = 16;
-  struct alignas(64) Shard {
-    mutable std::mutex mu;
-    std::unordered_map<std::uint64_t, std::shared_ptr<Session>> live;
-    std::size_t tcp = 0;  // of `live`, so counting needs no walk
-  };
-  Shard& shard(std::uint64_t id) { return shards_[id % kShards]; }
+  static constexpr std::uint64_t kIdBlock = 1024;
 
-  std::array<Shard, kShards> shards_;
-  std::atomic<std::uint64_t> next_id_{1};
-  mutable std::mutex workers_mu_;
-  std::vector<std::unique_ptr<WorkerCounters>> workers_;
+  // The shard of the worker that owns `counters`: O(1), no lock.
+  detail::SessionShard& shard_of(const WorkerCounters& counters);
+  // Calls f(shard) for the fallback and every worker's shard under workers_mu_, until f
+  // returns true; f takes the shard's lock itself.
+  template <class F>
+  void for_each_shard(F&& f) const;
+
+  std::atomic<std::uint64_t> next_id_{1};  // the first id of the next block
+  detail::SessionShard fallback_;          // sessions of counters not registered here
+  mutable std::mutex workers_mu_;          // registration against the readers' walks
+  std::deque<detail::SessionShard> shards_;  // one per worker, never moved; under workers_mu_
 };
 
 std::int64_t steady_ms();

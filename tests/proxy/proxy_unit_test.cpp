@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "proxy/session_table.hpp"
@@ -151,6 +153,177 @@ TEST(SessionTable, KillsRacingAWorkerThatGoesAway) {
     for (const auto& s : sessions) EXPECT_FALSE(t.kill(s->id));
     for (const auto& s : sessions) t.remove(*s);
   }
+  EXPECT_EQ(t.totals().active, 0u);
+}
+
+// Shards by worker: two workers start (and end some of) their flows at once from their
+// own threads while a third lists and counts. Meaningful under TSan: the workers share
+// no lock and no per-flow atomic, and the readers take each shard's lock in turn.
+TEST(SessionTable, WorkersAddConcurrentlyWithUniqueIds) {
+  SessionTable t;
+  WorkerCounters& w1 = t.register_worker();
+  WorkerCounters& w2 = t.register_worker();
+  std::vector<std::uint64_t> killed1, killed2;  // written by the test thread only (kill posts)
+  auto owner1 = std::make_shared<SessionOwner>([&](std::uint64_t id) { killed1.push_back(id); });
+  auto owner2 = std::make_shared<SessionOwner>([&](std::uint64_t id) { killed2.push_back(id); });
+  constexpr int kPerWorker = 20000;
+  // Every third flow ends at once; the others are kept. The ids of all, in order of start.
+  std::vector<std::shared_ptr<Session>> kept1, kept2;
+  std::vector<std::uint64_t> ids1, ids2;
+  std::atomic<bool> done{false};
+  std::atomic<int> reads{0};
+  std::atomic<bool> bad_listing{false};
+  std::thread reader([&] {
+    while (!done.load()) {
+      const auto list = t.list();
+      for (std::size_t i = 1; i < list.size(); ++i) {
+        if (list[i - 1].id >= list[i].id) bad_listing = true;  // sorted, no duplicate
+      }
+      // Each shard's live counts are read under its lock: consistent, never wrapped below 0.
+      const CounterTotals c = t.counters();
+      if (c.active_tcp > 2u * kPerWorker || c.active_udp > 2u * kPerWorker) bad_listing = true;
+      reads++;
+    }
+  });
+  const auto work = [&t](WorkerCounters& w, const std::shared_ptr<SessionOwner>& owner, const char* client,
+                         std::vector<std::shared_ptr<Session>>& kept, std::vector<std::uint64_t>& ids) {
+    for (int i = 0; i < kPerWorker; ++i) {
+      const auto p = i % 2 == 0 ? decider::Protocol::kTcp : decider::Protocol::kUdp;
+      auto s = t.add(spec(p, client, static_cast<std::uint16_t>(i % 60000 + 1), "203.0.113.10"), w, owner);
+      ids.push_back(s->id);
+      if (i % 3 == 0) {
+        t.remove(*s);
+      } else {
+        kept.push_back(std::move(s));
+      }
+    }
+  };
+  std::thread t1(work, std::ref(w1), std::cref(owner1), "198.18.2.1", std::ref(kept1), std::ref(ids1));
+  std::thread t2(work, std::ref(w2), std::cref(owner2), "198.18.2.2", std::ref(kept2), std::ref(ids2));
+  t1.join();
+  t2.join();
+  while (reads.load() < 3) std::this_thread::yield();  // some reads overlap the end at least
+  done = true;
+  reader.join();
+  EXPECT_FALSE(bad_listing.load());
+
+  std::set<std::uint64_t> ids;
+  for (const auto* worker_ids : {&ids1, &ids2}) {
+    std::uint64_t last = 0;
+    for (const std::uint64_t id : *worker_ids) {
+      EXPECT_GE(id, 1u);
+      EXPECT_GT(id, last);  // increasing per worker
+      last = id;
+      EXPECT_TRUE(ids.insert(id).second) << "id " << id << " given twice";
+    }
+  }
+  EXPECT_EQ(ids.size(), 2u * kPerWorker);
+
+  // Live: i % 3 != 0 of each worker; half of them TCP (even i).
+  std::uint64_t live_tcp = 0, live_udp = 0;
+  for (int i = 0; i < kPerWorker; ++i) {
+    if (i % 3 != 0) ++(i % 2 == 0 ? live_tcp : live_udp);
+  }
+  const CounterTotals c = t.counters();
+  EXPECT_EQ(c.active_tcp, 2 * live_tcp);
+  EXPECT_EQ(c.active_udp, 2 * live_udp);
+  EXPECT_EQ(c.tcp.started + c.udp.started, 2u * kPerWorker);
+  EXPECT_EQ(c.tcp.ended + c.udp.ended, 2u * (kPerWorker - live_tcp - live_udp));
+  const auto list = t.list();
+  ASSERT_EQ(list.size(), 2 * (live_tcp + live_udp));
+  EXPECT_TRUE(std::is_sorted(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.id < b.id; }));
+
+  // kill() finds a session of either worker and asks that worker.
+  const auto a = kept1.front();
+  const auto b = kept2.back();
+  EXPECT_TRUE(t.kill(a->id));
+  EXPECT_TRUE(t.kill(b->id));
+  EXPECT_EQ(killed1, std::vector<std::uint64_t>{a->id});
+  EXPECT_EQ(killed2, std::vector<std::uint64_t>{b->id});
+  EXPECT_FALSE(t.kill(ids2[0]));  // ended
+
+  // remove() takes the session out of its worker's shard, and only that one.
+  t.remove(*b);
+  EXPECT_FALSE(t.kill(b->id));
+  EXPECT_TRUE(t.kill(a->id));
+  const CounterTotals after = t.counters();
+  EXPECT_EQ(after.active_tcp + after.active_udp, c.active_tcp + c.active_udp - 1);
+  const auto b_udp = b->protocol == decider::Protocol::kUdp ? 1u : 0u;
+  EXPECT_EQ(after.active_udp, c.active_udp - b_udp);
+  EXPECT_EQ(after.active_tcp, c.active_tcp - (1 - b_udp));
+  for (const auto* kept : {&kept1, &kept2}) {
+    for (const auto& s : *kept) {
+      if (s != b) t.remove(*s);
+    }
+  }
+  EXPECT_EQ(t.totals().active, 0u);
+  EXPECT_EQ(t.totals().total, 2u * kPerWorker);
+  EXPECT_TRUE(t.list().empty());
+}
+
+TEST(SessionTable, IdsStartAtOneAndIncreasePerWorker) {
+  SessionTable t;
+  WorkerCounters& w1 = t.register_worker();
+  WorkerCounters& w2 = t.register_worker();
+  auto first = t.add(spec(decider::Protocol::kTcp, "198.18.2.2", 1, "203.0.113.10"), w1, nullptr);
+  EXPECT_EQ(first->id, 1u);
+  auto other = t.add(spec(decider::Protocol::kUdp, "198.18.2.2", 2, "203.0.113.10"), w2, nullptr);
+  EXPECT_GT(other->id, first->id);
+  // Past a block of ids (whatever its size below 5000): still unique, still increasing.
+  std::vector<std::shared_ptr<Session>> sessions{first, other};
+  std::uint64_t last1 = first->id, last2 = other->id;
+  for (int i = 0; i < 5000; ++i) {
+    WorkerCounters& w = i % 3 == 0 ? w2 : w1;
+    auto s = t.add(spec(decider::Protocol::kTcp, "198.18.2.2", 3, "203.0.113.10"), w, nullptr);
+    std::uint64_t& last = &w == &w1 ? last1 : last2;
+    EXPECT_GT(s->id, last);
+    last = s->id;
+    sessions.push_back(std::move(s));
+  }
+  std::set<std::uint64_t> ids;
+  for (const auto& s : sessions) ids.insert(s->id);
+  EXPECT_EQ(ids.size(), sessions.size());
+  EXPECT_EQ(t.list().size(), sessions.size());
+  for (const auto& s : sessions) t.remove(*s);
+  EXPECT_EQ(t.totals().active, 0u);
+}
+
+// Counters this table did not register (made elsewhere, or another table's) still work:
+// their sessions are listed, killed, counted as active and removed like the others.
+TEST(SessionTable, CountersNotRegisteredHereStillWork) {
+  SessionTable t, other_table;
+  WorkerCounters& mine = t.register_worker();
+  WorkerCounters& theirs = other_table.register_worker();
+  WorkerCounters loose;
+  std::vector<std::uint64_t> killed;
+  auto owner = std::make_shared<SessionOwner>([&](std::uint64_t id) { killed.push_back(id); });
+  auto a = t.add(spec(decider::Protocol::kTcp, "198.18.2.2", 1, "203.0.113.10"), mine, owner);
+  auto b = t.add(spec(decider::Protocol::kUdp, "198.18.2.2", 2, "203.0.113.10"), loose, owner);
+  auto c = t.add(spec(decider::Protocol::kTcp, "198.18.2.2", 3, "203.0.113.10"), theirs, owner);
+  EXPECT_NE(a->id, b->id);
+  EXPECT_NE(b->id, c->id);
+  EXPECT_NE(a->id, c->id);
+  EXPECT_EQ(t.list().size(), 3u);
+  EXPECT_TRUE(other_table.list().empty());  // added to t, whoever's counters
+  EXPECT_TRUE(t.kill(b->id));
+  EXPECT_TRUE(t.kill(c->id));
+  EXPECT_EQ(killed, (std::vector<std::uint64_t>{b->id, c->id}));
+  CounterTotals k = t.counters();
+  EXPECT_EQ(k.active_tcp, 2u);
+  EXPECT_EQ(k.active_udp, 1u);
+  EXPECT_EQ(k.tcp.started, 1u);  // only the counters t registered are summed
+  t.remove(*b);
+  t.remove(*c);
+  k = t.counters();
+  EXPECT_EQ(k.active_tcp, 1u);
+  EXPECT_EQ(k.active_udp, 0u);
+  EXPECT_FALSE(t.kill(b->id));
+  EXPECT_TRUE(t.kill(a->id));
+  ProtocolCounters loose_udp;
+  loose.sum_into(decider::Protocol::kUdp, loose_udp);
+  EXPECT_EQ(loose_udp.started, 1u);
+  EXPECT_EQ(loose_udp.ended, 1u);
+  t.remove(*a);
   EXPECT_EQ(t.totals().active, 0u);
 }
 
