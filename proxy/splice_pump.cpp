@@ -11,6 +11,60 @@ namespace splitd::proxy {
 namespace {
 constexpr std::size_t kSpliceChunk = 1 << 20;  // ask for up to the pipe's capacity
 constexpr std::size_t kUrgentChunk = 4096;     // PIPE_BUF: fits an empty pipe of any size, at once
+constexpr std::size_t kCopyChunk = 16384;      // a small message's buffer; an empty pipe takes it whole
+
+enum class Copied { kDone, kSplice, kError };
+
+// The small-message path: one recv, one send; what the sink does not take goes into the
+// (empty) pipe. kDone: `res` says why it stopped; kSplice: the buffer filled, go on with
+// splice; kError: `res` holds the error.
+Copied copy_once(Direction& d, int src, int sink, PipePool& pipes, PumpResult& res) {
+  char buf[kCopyChunk];
+  ssize_t n;
+  do {
+    n = ::recv(src, buf, sizeof buf, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  const auto error = [&res](int err, const char* what) {
+    res.stop = PumpResult::kError;
+    res.err = err;
+    res.what = what;
+    return Copied::kError;
+  };
+  if (n < 0) {
+    if (errno == EAGAIN) return Copied::kDone;  // kDrained
+    return error(errno, "read");
+  }
+  if (n == 0) {
+    d.eof = true;
+    return Copied::kSplice;  // the loop forwards the EOF
+  }
+  res.read += static_cast<std::uint64_t>(n);
+  res.moved = true;
+  ssize_t w;
+  do {
+    w = ::send(sink, buf, static_cast<std::size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (w < 0 && errno == EINTR);
+  if (w < 0) {
+    if (errno != EAGAIN) return error(errno, "write");
+    w = 0;
+  }
+  if (w < n) {
+    // The sink is full: the rest waits in the pipe, as spliced bytes would.
+    if (!d.pipe.valid() && !pipes.take(d.pipe)) return error(errno, "pipe");
+    const auto rest = static_cast<std::size_t>(n - w);
+    if (::write(d.pipe.w, buf + w, rest) != static_cast<ssize_t>(rest)) return error(errno, "pipe");
+    d.pending = static_cast<std::uint32_t>(rest);
+    res.stop = PumpResult::kSinkFull;
+    if (static_cast<std::size_t>(n) == sizeof buf) d.bulk = true;
+    return Copied::kDone;
+  }
+  if (static_cast<std::size_t>(n) == sizeof buf) {
+    d.bulk = true;
+    return Copied::kSplice;
+  }
+  if (d.read_all) return Copied::kSplice;  // a short read may hide the EOF behind it
+  return Copied::kDone;  // kDrained
+}
 }  // namespace
 
 void Pipe::close() {
@@ -55,6 +109,15 @@ PumpResult pump(Direction& d, int src, int sink, PipePool& pipes, int rounds) {
     return res;
   };
   if (d.done) return res;
+  if (d.pending == 0 && !d.bulk && !d.urgent && !d.eof) {
+    switch (copy_once(d, src, sink, pipes, res)) {
+      case Copied::kError: return res;
+      case Copied::kDone:
+        if (d.pending == 0) pipes.give(d.pipe);
+        return res;
+      case Copied::kSplice: break;
+    }
+  }
   for (int round = 0;; ++round) {
     while (d.pending > 0) {
       const ssize_t m = ::splice(d.pipe.r, nullptr, sink, nullptr, d.pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -83,6 +146,8 @@ PumpResult pump(Direction& d, int src, int sink, PipePool& pipes, int rounds) {
     if (!d.pipe.valid() && !pipes.take(d.pipe)) return error(errno, "pipe");
     const ssize_t n = ::splice(src, nullptr, d.pipe.w, nullptr, kSpliceChunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
+      // A small read ends a bulk run: the next bytes start as a small message again.
+      if (static_cast<std::size_t>(n) < kCopyChunk) d.bulk = false;
       d.pending = static_cast<std::uint32_t>(n);
       res.read += static_cast<std::uint64_t>(n);
       res.moved = true;

@@ -43,6 +43,10 @@ struct Direction {
   bool done = false;          // EOF forwarded
   bool urgent = false;        // the source signalled urgent data (EPOLLPRI), see pump()
   bool queued = false;        // on the worker's list of directions with more to read
+  // The source's last event said EOF, hang-up or error: read on to EAGAIN or EOF, since
+  // a short read then does not mean that nothing is left.
+  bool read_all = false;
+  bool bulk = false;  // a copied read filled the buffer: splice until a read is small
 };
 
 // What pump() did and why it stopped.
@@ -62,7 +66,12 @@ struct PumpResult {
 };
 
 // Moves bytes from `src` to `sink` through the direction's pipe (taken from `pipes` when
-// needed, given back when empty) until one of PumpResult's stops. The sockets are
+// needed, given back when empty) until one of PumpResult's stops. Small messages
+// (requests, answers, the usual case of a short flow) are copied instead: one recv into a
+// 16 KiB buffer and one send, and a short read ends the call without a third system call
+// to hear EAGAIN (for stream sockets a short read leaves nothing queued, and what comes
+// later raises a new edge; d.read_all turns this off). A read that fills the buffer
+// switches the direction to splice until a read brings less than that. The sockets are
 // non-blocking; nothing here waits, allocates or touches epoll. splice stops at TCP's
 // urgent mark: with d.urgent set a plain recv passes it (SO_OOBINLINE keeps the urgent byte
 // in the stream). Works on any pair of stream sockets (TCP, AF_UNIX socketpairs in tests).

@@ -163,6 +163,7 @@ class TcpProxy::Worker final : public Reactor::Client {
     if (f->dead) return;
     const int side = static_cast<int>(tag);
     if (events & EPOLLPRI) f->dir[side].urgent = true;
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) f->dir[side].read_all = true;
     if (f->connecting) {
       if (side == kUpstream) connected(f, events);
       return;  // the client's data waits in its socket until the upstream is there
@@ -428,9 +429,11 @@ class TcpProxy::Worker final : public Reactor::Client {
     f->connecting = false;
     open_.push_back(f);
     activity(f);
-    // Both sockets are edge-triggered: whatever arrived meanwhile is read now.
+    // Both sockets are edge-triggered: what the client sent meanwhile is read now (its
+    // events went unheeded while connecting). The upstream's bytes, if any, came with
+    // this event: anything later raises an event of its own.
     pump(f, kClient);
-    if (!f->dead) pump(f, kUpstream);
+    if (!f->dead && (events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP))) pump(f, kUpstream);
   }
 
   // ---- moving bytes ---------------------------------------------------------------------
