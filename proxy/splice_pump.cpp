@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace splitd::proxy {
@@ -19,17 +20,21 @@ enum class Copied { kDone, kSplice, kError };
 // (empty) pipe. kDone: `res` says why it stopped; kSplice: the buffer filled, go on with
 // splice; kError: `res` holds the error.
 Copied copy_once(Direction& d, int src, int sink, PipePool& pipes, PumpResult& res) {
-  char buf[kCopyChunk];
-  ssize_t n;
-  do {
-    n = ::recv(src, buf, sizeof buf, MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
   const auto error = [&res](int err, const char* what) {
     res.stop = PumpResult::kError;
     res.err = err;
     res.what = what;
     return Copied::kError;
   };
+  // The pipe first (from the pool, no system call once it has some): what the sink does
+  // not take must fit in it whole, so no more is read than it holds.
+  if (!d.pipe.valid() && !pipes.take(d.pipe)) return error(errno, "pipe");
+  char buf[kCopyChunk];
+  const std::size_t want = std::min<std::size_t>(sizeof buf, d.pipe.capacity);
+  ssize_t n;
+  do {
+    n = ::recv(src, buf, want, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN) return Copied::kDone;  // kDrained
     return error(errno, "read");
@@ -48,17 +53,18 @@ Copied copy_once(Direction& d, int src, int sink, PipePool& pipes, PumpResult& r
     if (errno != EAGAIN) return error(errno, "write");
     w = 0;
   }
+  const bool full = static_cast<std::size_t>(n) == want;
   if (w < n) {
-    // The sink is full: the rest waits in the pipe, as spliced bytes would.
-    if (!d.pipe.valid() && !pipes.take(d.pipe)) return error(errno, "pipe");
+    // The sink is full: the rest waits in the (empty) pipe, as spliced bytes would.
     const auto rest = static_cast<std::size_t>(n - w);
-    if (::write(d.pipe.w, buf + w, rest) != static_cast<ssize_t>(rest)) return error(errno, "pipe");
-    d.pending = static_cast<std::uint32_t>(rest);
+    const ssize_t put = ::write(d.pipe.w, buf + w, rest);
+    if (put > 0) d.pending = static_cast<std::uint32_t>(put);  // the caller must not pool it
+    if (put != static_cast<ssize_t>(rest)) return error(put < 0 ? errno : EIO, "pipe");
     res.stop = PumpResult::kSinkFull;
-    if (static_cast<std::size_t>(n) == sizeof buf) d.bulk = true;
+    if (full) d.bulk = true;
     return Copied::kDone;
   }
-  if (static_cast<std::size_t>(n) == sizeof buf) {
+  if (full) {
     d.bulk = true;
     return Copied::kSplice;
   }
@@ -85,8 +91,11 @@ bool PipePool::take(Pipe& p) {
   }
   int fds[2];
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
-  ::fcntl(fds[1], F_SETPIPE_SZ, pipe_size_);  // best effort: may exceed pipe-user-pages-soft
-  p = {fds[0], fds[1]};
+  // Best effort: beyond fs.pipe-user-pages-soft the kernel refuses, and new pipes may even
+  // be smaller than the default 64 KiB.
+  int capacity = ::fcntl(fds[1], F_SETPIPE_SZ, pipe_size_);
+  if (capacity <= 0) capacity = ::fcntl(fds[1], F_GETPIPE_SZ);
+  p = {fds[0], fds[1], static_cast<std::uint32_t>(capacity > 0 ? capacity : 4096)};
   return true;
 }
 

@@ -10,6 +10,7 @@ namespace splitd::proxy {
 // the record and the worker's PipePool, which closes what it holds.
 struct Pipe {
   int r = -1, w = -1;
+  std::uint32_t capacity = 0;  // bytes it holds (F_SETPIPE_SZ may have been refused)
   bool valid() const { return r >= 0; }
   void close();
 };
