@@ -37,6 +37,9 @@ void Reactor::start() {
   now_ = steady_ms();
   running_.store(true, std::memory_order_release);
   thread_ = std::thread([this] {
+    // Before anything runs on the loop: on_loop_thread() must not depend on when the
+    // std::thread object above is assigned.
+    loop_thread_.store(std::this_thread::get_id(), std::memory_order_release);
     pin();
     loop();
   });
@@ -50,6 +53,7 @@ void Reactor::stop() {
   }
   wake();
   thread_.join();
+  loop_thread_.store(std::thread::id{}, std::memory_order_release);
   running_.store(false, std::memory_order_release);
 }
 
@@ -91,6 +95,7 @@ void Reactor::detach(Client* client) {
     if (c == client) c = nullptr;
   }
   std::erase(clients_, client);
+  std::replace(turn_.begin(), turn_.end(), client, static_cast<Client*>(nullptr));
 }
 
 void Reactor::wake() {
@@ -159,8 +164,13 @@ void Reactor::loop() {
         c->on_event(data, events[i].events);
       }
     }
-    // A client may detach itself in after_events: walk a copy.
-    for (std::size_t i = 0; i < clients_.size(); ++i) clients_[i]->after_events();
+    // A client may detach itself (or another) in after_events: walk a copy, in which
+    // detach() clears the clients it removes.
+    turn_.assign(clients_.begin(), clients_.end());
+    for (Client* c : turn_) {
+      if (c) c->after_events();
+    }
+    turn_.clear();
     bool stop;
     {
       std::lock_guard lock(mu_);

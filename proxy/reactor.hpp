@@ -89,7 +89,9 @@ class Reactor {
   std::int64_t now_ms() const { return now_; }
   unsigned index() const { return index_; }
   bool running() const { return running_.load(std::memory_order_acquire); }
-  bool on_loop_thread() const { return std::this_thread::get_id() == thread_.get_id(); }
+  bool on_loop_thread() const {
+    return std::this_thread::get_id() == loop_thread_.load(std::memory_order_acquire);
+  }
 
  private:
   void loop();
@@ -102,12 +104,14 @@ class Reactor {
   Fd epoll_, wake_;
   std::array<Client*, kTags> by_tag_{};
   std::vector<Client*> clients_;  // each once, in attach order
+  std::vector<Client*> turn_;     // the clients whose after_events this turn still runs
   std::int64_t now_ = 0;
   std::mutex mu_;  // tasks_ and stopping_
   std::vector<std::function<void()>> tasks_, running_tasks_;
   bool stopping_ = false;
   std::atomic<bool> running_{false};
   std::thread thread_;
+  std::atomic<std::thread::id> loop_thread_{};
 };
 
 // The reactors of the data path: one per CPU splitd may run on (or a configured number),
