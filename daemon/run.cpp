@@ -13,8 +13,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "common/fd.hpp"
 #include "common/log.hpp"
@@ -41,6 +46,26 @@ bool has_net_admin() {
     }
   }
   return false;
+}
+
+// glibc raises its mmap threshold to the size of any mmapped block freed (up to 32 MiB)
+// and its trim threshold to twice that: after one large block is freed (an API answer
+// listing thousands of sessions, a grown hash table) a worker's arena keeps up to 64 MiB
+// of freed flow records resident for good, and malloc_trim() cannot return a non-main
+// arena's top. Measured in the load test: 12 MiB kept after 9,250 TCP sessions and 18,500
+// UDP flows ended, one run in three. Fixed thresholds end the adjustment: blocks above
+// 256 KiB are their own mappings, and an arena gives back a free top above 1 MiB.
+// GLIBC_TUNABLES that set either still win.
+void fix_malloc_thresholds() {
+#if defined(__GLIBC__)
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if (tunables != nullptr && (std::strstr(tunables, "glibc.malloc.mmap_threshold") != nullptr ||
+                              std::strstr(tunables, "glibc.malloc.trim_threshold") != nullptr)) {
+    return;
+  }
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+#endif
 }
 
 // Each TCP session holds two sockets and each UDP mapping one, plus reply sockets: the
@@ -151,6 +176,7 @@ int run(const std::string& path, bool path_given) {
     return kExitRuntime;
   }
   raise_fd_limit(cfg->proxy.max_sessions);
+  fix_malloc_thresholds();
 
   // Stop signals are blocked in every thread and read from a signalfd by the Runtime's
   // control executor.
