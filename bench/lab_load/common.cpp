@@ -287,6 +287,16 @@ void set_buffer_sizes(int fd, int bytes) {
   }
 }
 
+Fd connected_udp_socket(const Endpoint& target, const std::string& device, int buffer,
+                        const std::string& what) {
+  Fd fd(::socket(target.family(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) fail_errno(what, errno);
+  if (buffer > 0) set_buffer_sizes(fd.get(), buffer);
+  set_bind_device(fd.get(), device);
+  if (::connect(fd.get(), target.sa(), target.len) != 0) fail_errno("connect " + target.text, errno);
+  return fd;
+}
+
 namespace {
 
 std::atomic<bool> g_stop{false};

@@ -110,6 +110,15 @@ void set_bind_device(int fd, const std::string& device);
 // Asks for a large socket buffer: SO_*BUFFORCE works for root beyond net.core.*mem_max,
 // plain SO_*BUF is capped there (best effort, never fails).
 void set_buffer_sizes(int fd, int bytes);
+// A non-blocking UDP socket connected to `target`, bound to `device` when not empty,
+// with `buffer` bytes of socket buffers when > 0 (set_buffer_sizes). Fails the run on
+// error, naming `what` (e.g. "flow 12").
+Fd connected_udp_socket(const Endpoint& target, const std::string& device, int buffer,
+                        const std::string& what = "socket");
+// 100 * lost / sent, 0 when nothing was sent.
+inline double loss_pct(std::uint64_t lost, std::uint64_t sent) {
+  return sent > 0 ? 100.0 * static_cast<double>(lost) / static_cast<double>(sent) : 0.0;
+}
 
 // SIGINT/SIGTERM set a flag that the loops poll. With block=true they are blocked in the
 // calling thread (and threads it starts); epoll_pwait(..., &stop_wait_mask()) lets them in

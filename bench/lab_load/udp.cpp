@@ -52,13 +52,7 @@ class UdpClient {
   explicit UdpClient(const UdpOptions& o) : o_(o), slots_(o.window), pending_(slots_) {}
 
   void run() {
-    fd_.reset(::socket(o_.target.family(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!fd_) fail_errno("socket", errno);
-    set_buffer_sizes(fd_.get(), kSocketBuffer);
-    set_bind_device(fd_.get(), o_.device);
-    if (::connect(fd_.get(), o_.target.sa(), o_.target.len) != 0) {
-      fail_errno("connect " + o_.target.text, errno);
-    }
+    fd_ = connected_udp_socket(o_.target, o_.device, kSocketBuffer);
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_) fail_errno("epoll_create1", errno);
     set_interest(EPOLLIN);
@@ -282,9 +276,7 @@ int run_udp(int argc, char** argv) {
           .field("sent", client.sent())
           .field("received", client.received())
           .field("lost", client.lost())
-          .field("loss_pct", client.sent() > 0 ? 100.0 * static_cast<double>(client.lost()) /
-                                                     static_cast<double>(client.sent())
-                                               : 0.0)
+          .field("loss_pct", loss_pct(client.lost(), client.sent()))
           .field("datagrams_per_s", seconds > 0 ? received / seconds : 0.0, 1)
           .field("mbit_per_s",
                  seconds > 0 ? received * static_cast<double>(o.size) * 8 / seconds / 1e6 : 0.0));

@@ -67,13 +67,7 @@ class DownloadClient {
   explicit DownloadClient(const DownloadOptions& o) : o_(o) {}
 
   DownloadResult run() {
-    fd_.reset(::socket(o_.target.family(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!fd_) fail_errno("socket", errno);
-    set_buffer_sizes(fd_.get(), kSocketBuffer);
-    set_bind_device(fd_.get(), o_.device);
-    if (::connect(fd_.get(), o_.target.sa(), o_.target.len) != 0) {
-      fail_errno("connect " + o_.target.text, errno);
-    }
+    fd_ = connected_udp_socket(o_.target, o_.device, kSocketBuffer);
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_) fail_errno("epoll_create1", errno);
     epoll_event ev{};
@@ -268,9 +262,7 @@ int run_udp_download(int argc, char** argv) {
           .field("server_sent", r.server_sent)
           .field("received", r.received)
           .field("lost", lost)
-          .field("loss_pct", r.server_sent > 0 ? 100.0 * static_cast<double>(lost) /
-                                                     static_cast<double>(r.server_sent)
-                                               : 0.0)
+          .field("loss_pct", loss_pct(lost, r.server_sent))
           .field("duplicates", r.duplicates)
           .field("gaps", r.gaps)
           .field("reordered", r.reordered)

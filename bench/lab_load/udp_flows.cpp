@@ -59,12 +59,7 @@ class FlowsClient {
     in_ = std::make_unique_for_overwrite<char[]>(o_.size);
     for (std::uint32_t i = 0; i < o_.flows; ++i) {
       Flow& f = flows_[i];
-      f.fd.reset(::socket(o_.target.family(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-      if (!f.fd) fail_errno("socket (flow " + std::to_string(i) + ")", errno);
-      set_bind_device(f.fd.get(), o_.device);
-      if (::connect(f.fd.get(), o_.target.sa(), o_.target.len) != 0) {
-        fail_errno("connect " + o_.target.text, errno);
-      }
+      f.fd = connected_udp_socket(o_.target, o_.device, 0, "socket (flow " + std::to_string(i) + ")");
       epoll_event ev{};
       ev.events = EPOLLIN;
       ev.data.u32 = i;
@@ -250,9 +245,7 @@ int run_udp_flows(int argc, char** argv) {
           .field("sent", client.sent())
           .field("received", client.received())
           .field("lost", client.lost())
-          .field("loss_pct", client.sent() > 0 ? 100.0 * static_cast<double>(client.lost()) /
-                                                     static_cast<double>(client.sent())
-                                               : 0.0)
+          .field("loss_pct", loss_pct(client.lost(), client.sent()))
           .field("send_errors", client.send_errors())
           .field("datagrams_per_s", seconds > 0 ? received / seconds : 0.0, 1)
           .field("mbit_per_s",
