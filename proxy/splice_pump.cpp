@@ -155,8 +155,6 @@ PumpResult pump(Direction& d, int src, int sink, PipePool& pipes, int rounds) {
     if (!d.pipe.valid() && !pipes.take(d.pipe)) return error(errno, "pipe");
     const ssize_t n = ::splice(src, nullptr, d.pipe.w, nullptr, kSpliceChunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
-      // A small read ends a bulk run: the next bytes start as a small message again.
-      if (static_cast<std::size_t>(n) < kCopyChunk) d.bulk = false;
       d.pending = static_cast<std::uint32_t>(n);
       res.read += static_cast<std::uint64_t>(n);
       res.moved = true;
@@ -184,7 +182,12 @@ PumpResult pump(Direction& d, int src, int sink, PipePool& pipes, int rounds) {
         return error(r < 0 ? errno : EIO, "read");
       }
     } else {
-      break;  // drained
+      // Drained. A wake that brought less than a small message's buffer ends a bulk run:
+      // the next bytes start as a small message again. Not a small read alone: a bulk
+      // stream's last read before EAGAIN is usually a small tail, and copying the next
+      // 16 KiB of every wake cost 15 % more CPU per GB (lab-bench, one stream).
+      if (res.read < kCopyChunk) d.bulk = false;
+      break;
     }
   }
   if (d.pending == 0) pipes.give(d.pipe);

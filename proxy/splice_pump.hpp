@@ -72,7 +72,8 @@ struct PumpResult {
 // 16 KiB buffer and one send, and a short read ends the call without a third system call
 // to hear EAGAIN (for stream sockets a short read leaves nothing queued, and what comes
 // later raises a new edge; d.read_all turns this off). A read that fills the buffer
-// switches the direction to splice until a read brings less than that. The sockets are
+// switches the direction to splice until a call that drains the source brought less than
+// that in all. The sockets are
 // non-blocking; nothing here waits, allocates or touches epoll. splice stops at TCP's
 // urgent mark: with d.urgent set a plain recv passes it (SO_OOBINLINE keeps the urgent byte
 // in the stream). Works on any pair of stream sockets (TCP, AF_UNIX socketpairs in tests).

@@ -388,6 +388,34 @@ TEST(SplicePump, SmallMessageIsCopiedAndThePipeGoesBack) {
   EXPECT_FALSE(rig.d.bulk);
 }
 
+// A bulk run survives the small tail a wake usually ends with (16 KiB copied, then 1,000
+// bytes spliced, then EAGAIN); a wake that brings less than 16 KiB in all ends it, and
+// the next message is copied again.
+TEST(SplicePump, ABulkRunEndsOnlyWhenAWakeBringsLittle) {
+  Rig rig(unix_pair(), unix_pair());
+  const std::string big(16384 + 1000, 'b');
+  send_all(rig.src_peer(), big);
+  PumpResult r = rig.pump();
+  EXPECT_EQ(r.stop, PumpResult::kDrained);
+  EXPECT_EQ(r.read, big.size());
+  EXPECT_TRUE(rig.d.bulk);  // the 1,000-byte tail does not end it
+  EXPECT_EQ(read_now(rig.sink_peer()), big);
+
+  send_all(rig.src_peer(), std::string(100, 's'));
+  r = rig.pump();  // spliced (still bulk), and little in all: the run ends
+  EXPECT_EQ(r.stop, PumpResult::kDrained);
+  EXPECT_EQ(r.read, 100u);
+  EXPECT_FALSE(rig.d.bulk);
+  EXPECT_EQ(read_now(rig.sink_peer()), std::string(100, 's'));
+
+  send_all(rig.src_peer(), "next");
+  r = rig.pump();  // copied: one recv, one send
+  EXPECT_EQ(r.read, 4u);
+  EXPECT_FALSE(rig.d.bulk);
+  EXPECT_FALSE(rig.d.pipe.valid());
+  EXPECT_EQ(read_now(rig.sink_peer()), "next");
+}
+
 // Bytes pass exactly: 4 MiB of patterned data, then the EOF, over AF_UNIX socketpairs, loopback
 // TCP and a mix, with a small and a large budget and with read_all. Every byte is checked,
 // `read` adds up to what was sent, and the direction ends done with its pipe in the pool.
