@@ -31,6 +31,7 @@
 #include "cgroup/hierarchy.hpp"
 #include "common/fd.hpp"
 #include "common/log.hpp"
+#include "common/sanitizers.hpp"
 #include "config/config.hpp"
 
 namespace splitd::daemon {
@@ -231,17 +232,8 @@ bool blocks(pid_t tid, int sig) {
   return mask && ((std::strtoull(mask->c_str(), nullptr, 16) >> (sig - 1)) & 1) != 0;
 }
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitizerBuild = true;  // their runtimes run threads that block every signal
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-constexpr bool kSanitizerBuild = true;
-#else
-constexpr bool kSanitizerBuild = false;
-#endif
-#else
-constexpr bool kSanitizerBuild = false;
-#endif
+// Their runtimes run threads that block every signal.
+constexpr bool kSanitizerBuild = kAddressSanitizer || kThreadSanitizer;
 
 std::string comm_of(pid_t tid) {
   std::string comm = task_file(tid, "comm");

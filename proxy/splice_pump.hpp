@@ -73,10 +73,9 @@ struct PumpResult {
 // to hear EAGAIN (for stream sockets a short read leaves nothing queued, and what comes
 // later raises a new edge; d.read_all turns this off). A read that fills the buffer
 // switches the direction to splice until a call that drains the source brought less than
-// that in all. The sockets are
-// non-blocking; nothing here waits, allocates or touches epoll. splice stops at TCP's
-// urgent mark: with d.urgent set a plain recv passes it (SO_OOBINLINE keeps the urgent byte
-// in the stream). Works on any pair of stream sockets (TCP, AF_UNIX socketpairs in tests).
+// that in all. The sockets are non-blocking; nothing here waits, allocates or touches
+// epoll. splice stops at TCP's urgent mark: with d.urgent set a plain recv passes it
+// (SO_OOBINLINE keeps the urgent byte in the stream). Works on any pair of stream sockets (TCP, AF_UNIX socketpairs in tests).
 PumpResult pump(Direction& d, int src, int sink, PipePool& pipes, int rounds);
 
 }  // namespace splitd::proxy

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/sanitizers.hpp"
 #include "tests/e2e/splitd_process.hpp"
 #include "tests/e2e/tcp_client.hpp"
 #include "tests/e2e/udp_client.hpp"
@@ -32,28 +33,6 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kThreadSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kThreadSanitizer = true;
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
 // Under TSan the 18,500 UDP flows take ~7 s to set up: they would expire (5 s) before
 // they are counted.
 constexpr const char* kUdpIdleTimeout = kThreadSanitizer ? "20s" : "5s";
