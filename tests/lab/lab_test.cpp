@@ -629,7 +629,12 @@ TEST(LabTest, InterruptedUpRemovesTheHalfBuiltLab) {
   ASSERT_TRUE(rc.has_value()) << "lab.sh up did not exit after SIGTERM";
   DownGuard guard{*rc == 0 ? id : ""};
   if (*rc == 0) GTEST_SKIP() << "lab.sh up finished before SIGTERM arrived; nothing to test";
-  EXPECT_EQ(*rc, 143);
+  // 143 = 128 + SIGTERM from the trap's `exit 143`. bash 5.2.15 (Debian 12) fails to parse
+  // any trap action when the signal lands while it expands a $(...) (it reports "trap:
+  // line 2: unexpected EOF while looking for matching `)'" and exits with 2); the EXIT trap
+  // still removes the lab, which is what this test is about (reproduced with a SIGTERM at
+  // random points of `up`: about 1 in 100).
+  EXPECT_TRUE(*rc == 143 || *rc == 2) << "exit code " << *rc;
   expect_lab_gone(id, {});
 }
 
