@@ -12,6 +12,7 @@ PACKAGES=(
   nlohmann-json3-dev libsodium-dev
   libsystemd-dev  # daemon/notify: sd_notify and the watchdog for Type=notify
   libknot-dev  # dns/: the DNS wire library (Knot DNS's, fuzzed in OSS-Fuzz)
+  libssl-dev   # sniff/: libcrypto (HKDF, AES-GCM) to read QUIC Initial packets
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   # runtime and lab
   nftables iproute2 procps psmisc kmod dnsmasq-base curl bind9-dnsutils iperf3 nginx-light haproxy
