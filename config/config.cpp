@@ -2,6 +2,7 @@
 
 #include <pwd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -151,6 +152,34 @@ class Parser {
         }
       }
       error(n.source(), key + ": '" + s->get() + "' is not one of " + names);
+    };
+  }
+
+  // An array of distinct ports (integers 1-65535), at most `max_items`.
+  Handler ports(std::vector<std::uint16_t>& out, std::size_t max_items) {
+    return [this, &out, max_items](const toml::node& n, const std::string& key) {
+      const auto* a = n.as_array();
+      if (a == nullptr) return error(n.source(), key + ": expected an array of ports (1 to 65535), got " + type_name(n));
+      if (a->size() > max_items) {
+        return error(n.source(), key + ": " + std::to_string(a->size()) + " ports, at most " +
+                                     std::to_string(max_items) + " are allowed");
+      }
+      std::vector<std::uint16_t> values;
+      for (std::size_t i = 0; i < a->size(); ++i) {
+        const toml::node& item = *a->get(i);
+        const std::string where = key + "[" + std::to_string(i) + "]";
+        const auto* v = item.as_integer();
+        if (v == nullptr) {
+          error(item.source(), where + ": expected a port (an integer from 1 to 65535), got " + type_name(item));
+        } else if (v->get() < 1 || v->get() > 65535) {
+          error(item.source(), where + ": " + std::to_string(v->get()) + " is out of range (1 to 65535)");
+        } else if (std::find(values.begin(), values.end(), v->get()) != values.end()) {
+          error(item.source(), where + ": port " + std::to_string(v->get()) + " is listed twice");
+        } else {
+          values.push_back(static_cast<std::uint16_t>(v->get()));
+        }
+      }
+      out = std::move(values);
     };
   }
 
@@ -460,6 +489,12 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
       {"doh_canary", p.boolean(c.dns.doh_canary)},
       {"block_dot", p.boolean(c.dns.block_dot)},
       {"threads", p.integer(c.dns.threads, 0, 64)},
+      {"sniff", p.choice(c.dns.sniff, std::vector<std::pair<const char*, decider::SniffMode>>{
+                                          {"unknown", decider::SniffMode::kUnknown},
+                                          {"always", decider::SniffMode::kAlways},
+                                          {"off", decider::SniffMode::kOff}})},
+      {"sniff_ports", p.ports(c.dns.sniff_ports, 64)},
+      {"sniff_timeout", p.duration(c.dns.sniff_timeout, 10ms, std::chrono::seconds(10))},
   };
   p.table(parsed.table(), "",
           {{"daemon", [&](const toml::node& n, const std::string& k) { p.section(n, k, daemon); }},
@@ -630,6 +665,9 @@ const KeyRule kKeys[] = {
     SPLITD_KEY("dns.doh_canary", kRestart, dns.doh_canary),
     SPLITD_KEY("dns.block_dot", kFootprint, dns.block_dot),
     SPLITD_KEY("dns.threads", kRestart, dns.threads),
+    SPLITD_KEY("dns.sniff", kRestart, dns.sniff),
+    SPLITD_KEY("dns.sniff_ports", kRestart, dns.sniff_ports),
+    SPLITD_KEY("dns.sniff_timeout", kRestart, dns.sniff_timeout),
 };
 
 #undef SPLITD_KEY

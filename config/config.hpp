@@ -92,6 +92,10 @@ struct DnsSection {
   bool doh_canary = true;                 // NXDOMAIN for use-application-dns.net
   bool block_dot = false;                 // refuse TCP/UDP 853 (DNS over TLS)
   std::uint32_t threads = 0;              // forwarder threads; 0: one per CPU, at most 4
+  // The name from the flow itself (TLS SNI, HTTP Host, QUIC Initial) when DNS gave none.
+  decider::SniffMode sniff = decider::SniffMode::kUnknown;
+  std::vector<std::uint16_t> sniff_ports = {80, 443};  // TCP (TLS, HTTP) and UDP (QUIC)
+  Duration sniff_timeout = std::chrono::milliseconds(300);  // the longest a flow waits for its first bytes
   friend bool operator==(const DnsSection&, const DnsSection&) = default;
 };
 

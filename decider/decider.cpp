@@ -10,6 +10,14 @@ namespace splitd::decider {
 const char* to_string(Protocol p) { return p == Protocol::kTcp ? "tcp" : "udp"; }
 const char* to_string(Mode m) { return m == Mode::kExclude ? "exclude" : "include"; }
 const char* to_string(OnTunnelDown o) { return o == OnTunnelDown::kBlock ? "block" : "direct"; }
+const char* to_string(SniffMode m) {
+  switch (m) {
+    case SniffMode::kUnknown: return "unknown";
+    case SniffMode::kAlways: return "always";
+    case SniffMode::kOff: return "off";
+  }
+  return "?";
+}
 const char* to_string(MatchKind k) {
   switch (k) {
     case MatchKind::kNone: return "default";
@@ -191,6 +199,16 @@ RuleMatch RuleSet::match(const SessionInfo& info, const IpNames* names) const {
   RuleMatch m;
   if (match_app(apps, info, m)) return m;
   const IpAddress dst = info.dst.unmapped();
+  if (!info.sniffed_name.empty() && !domain_index_.empty()) {
+    if (const std::string* p = domain_index_.match(info.sniffed_name)) {
+      m.kind = MatchKind::kDomain;
+      m.rule.reserve(16 + p->size() + info.sniffed_name.size());
+      m.rule.assign("domain ").append(*p).append(" (").append(info.sniffed_name).append(", ");
+      m.rule.append(info.sniffed_from).append(")");
+      m.domain = info.sniffed_name;
+      return m;
+    }
+  }
   if (names != nullptr && !domain_index_.empty()) {
     SmallestMatchingName best(domain_index_);
     names->visit_names(dst, best);
@@ -242,6 +260,7 @@ Route RuleDecider::decide(const SessionInfo& info) const {
     return r;
   }
   RuleMatch m = rules->match(info, names_);
+  if (!info.sniff_note.empty()) m.rule.append("; ").append(info.sniff_note);
   // A match sends the flow the other way than the mode's default.
   const bool matched = m.kind != MatchKind::kNone;
   const bool tunnel = (rules->mode == Mode::kExclude) != matched;

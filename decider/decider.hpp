@@ -29,6 +29,11 @@ const char* to_string(Mode m);
 enum class OnTunnelDown : std::uint8_t { kBlock, kDirect };
 const char* to_string(OnTunnelDown o);
 
+// When a flow's name is taken from its own first bytes (TLS SNI, HTTP Host, QUIC):
+// "unknown" only when captured DNS named no destination, "always", or "off".
+enum class SniffMode : std::uint8_t { kUnknown, kAlways, kOff };
+const char* to_string(SniffMode m);
+
 enum class RouteKind : std::uint8_t { kTunnel, kDirect, kBlock };
 const char* to_string(RouteKind k);
 
@@ -53,6 +58,13 @@ struct SessionInfo {
   // The flow is a VPN client's own carrier (its first datagram is a WireGuard handshake
   // initiation from a root-owned socket, vpn_carrier.hpp): it goes direct, before any rule.
   bool vpn_carrier = false;
+  // The server name the flow itself gave (TLS SNI, HTTP Host, QUIC Initial), normalised,
+  // and where it came from ("sni", "host", "quic"); empty when not sniffed. Domain rules
+  // match it before the names of captured DNS: it is the name the app asked for.
+  std::string sniffed_name;
+  const char* sniffed_from = "";
+  // Said in the rule text after whatever decides, e.g. "ECH: outer SNI x.com not used".
+  std::string sniff_note;
 };
 
 // Which kind of rule decided a flow (for metrics and logs).
@@ -122,8 +134,10 @@ struct RuleMatch {
 struct RuleSet : RuleSpec {
   static std::shared_ptr<const RuleSet> build(const RuleSpec& spec);
 
-  // Precedence, first match wins: apps (in order), then domains (any name of the
-  // destination that `names` knows; nullptr = none known), then ips (longest prefix).
+  // Precedence, first match wins: apps (in order), then domains (the flow's sniffed name,
+  // then any name of the destination that `names` knows; nullptr = none known), then ips
+  // (longest prefix). A sniffed name that decides shows its source:
+  // "domain *.x.com (a.x.com, sni)".
   // An IP often has several names (a CDN address shared by a.x.com and b.other.com). A
   // name a domain rule matches wins over names that match nothing, because the rule is the
   // user's explicit choice: that CDN IP follows the rule for a.x.com. Among the matching

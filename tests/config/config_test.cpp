@@ -30,6 +30,9 @@ TEST(Config, DefaultsMatchSpec) {
   EXPECT_EQ(c.split.domains, (std::vector<std::string>{"*.local", "localhost"}));
   EXPECT_EQ(c.dns.servers.size(), 2u);
   EXPECT_EQ(c.dns.intercept_port, 53);
+  EXPECT_EQ(c.dns.sniff, decider::SniffMode::kUnknown);
+  EXPECT_EQ(c.dns.sniff_ports, (std::vector<std::uint16_t>{80, 443}));
+  EXPECT_EQ(c.dns.sniff_timeout, 300ms);
   auto empty = parse("", "empty.toml");
   ASSERT_TRUE(empty.has_value());
   EXPECT_EQ(empty->proxy.port, 15001);
@@ -76,6 +79,9 @@ max_names = 1000
 doh_canary = false
 block_dot = true
 threads = 2
+sniff = "always"
+sniff_ports = [443, 8443]
+sniff_timeout = "1s"
 )", "full.toml");
   ASSERT_TRUE(c.has_value()) << c.error().front().to_string();
   EXPECT_EQ(c->daemon.log_level, log::Level::kDebug);
@@ -101,6 +107,13 @@ threads = 2
   EXPECT_FALSE(c->dns.doh_canary);
   EXPECT_TRUE(c->dns.block_dot);
   EXPECT_EQ(c->dns.threads, 2u);
+  EXPECT_EQ(c->dns.sniff, decider::SniffMode::kAlways);
+  EXPECT_EQ(c->dns.sniff_ports, (std::vector<std::uint16_t>{443, 8443}));
+  EXPECT_EQ(c->dns.sniff_timeout, 1s);
+  auto off = parse("[dns]\nsniff = \"off\"\nsniff_ports = []\n", "off.toml");
+  ASSERT_TRUE(off.has_value());
+  EXPECT_EQ(off->dns.sniff, decider::SniffMode::kOff);
+  EXPECT_TRUE(off->dns.sniff_ports.empty());
 }
 
 struct Bad {
@@ -160,6 +173,12 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[dns]\nforwarder_port = 15001\n", 2, 18, "dns.forwarder_port: must differ from proxy.port (15001)"},
         Bad{"[dns]\ntimeout = \"10ms\"\n", 2, 11, "dns.timeout: 10ms is out of range (50ms to 30s)"},
         Bad{"[dns]\nmax_names = 0\n", 2, 13, "dns.max_names: 0 is out of range (1 to 10000000)"},
+        Bad{"[dns]\nsniff = \"sometimes\"\n", 2, 9, "dns.sniff: 'sometimes' is not one of \"unknown\", \"always\", \"off\""},
+        Bad{"[dns]\nsniff_ports = [443, 0]\n", 2, 21, "dns.sniff_ports[1]: 0 is out of range (1 to 65535)"},
+        Bad{"[dns]\nsniff_ports = [443, 443]\n", 2, 21, "dns.sniff_ports[1]: port 443 is listed twice"},
+        Bad{"[dns]\nsniff_ports = [\"443\"]\n", 2, 16, "dns.sniff_ports[0]: expected a port (an integer from 1 to 65535), got a string"},
+        Bad{"[dns]\nsniff_ports = 443\n", 2, 15, "dns.sniff_ports: expected an array of ports (1 to 65535), got an integer"},
+        Bad{"[dns]\nsniff_timeout = \"5ms\"\n", 2, 17, "dns.sniff_timeout: 5ms is out of range (10ms to 10s)"},
         Bad{"proxy = 5\n", 1, 9, "'proxy' must be a table ([proxy]), got an integer"},
         Bad{"[[split.apps]]\ncomm = \"slack\"\n", 1, 1, "split.apps[0]: 'name' is required"},
         Bad{"[[split.apps]]\nname = \"x\"\n", 1, 1, "split.apps[0]: give at least one of 'cgroup', 'comm', 'path', 'unit', 'app_id', 'user'"},

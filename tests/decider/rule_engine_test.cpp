@@ -238,6 +238,44 @@ TEST(RuleEngine, NameMatchAllocatesOnlyTheRuleTextAndTheName) {
   EXPECT_EQ(m.rule, "ip 10.1.2.3/32");
 }
 
+// A name sniffed from the flow (SNI, Host, QUIC) is the name the app asked for: it is
+// matched before the names of captured DNS, after the app rules, and says where it came
+// from; one that matches nothing leaves the decision to the DNS names and the IPs.
+TEST(RuleEngine, SniffedNameComesAfterAppsBeforeDnsNames) {
+  const auto rules = build_rules(main_spec(Mode::kExclude));
+  FakeNames names;
+  names.names = {"a.x.com"};
+  SessionInfo s;
+  s.dst = ip("10.1.2.3");
+  s.sniffed_name = "www.example.com";
+  s.sniffed_from = "sni";
+  RuleMatch m = rules->match(s, &names);
+  EXPECT_EQ(m.kind, MatchKind::kDomain);
+  EXPECT_EQ(m.rule, "domain *.example.com (www.example.com, sni)");
+  EXPECT_EQ(m.domain, "www.example.com");
+  s.sniffed_name = "nothing.matches.this";  // the DNS name decides
+  m = rules->match(s, &names);
+  EXPECT_EQ(m.rule, "domain *.x.com (a.x.com)");
+  EXPECT_EQ(rules->match(s, nullptr).rule, "ip 10.1.2.3/32");  // then the IP rules
+  s.sniffed_name = "www.example.com";
+  s.comm = "firefox";  // an app rule comes first
+  EXPECT_EQ(rules->match(s, &names).kind, MatchKind::kApp);
+}
+
+// ECH: the decider is told why the name was not used, and says so in the rule text.
+TEST(RuleEngine, SniffNoteIsAddedToTheRuleText) {
+  fakes::FakeInterfaceSource source(fakes::lab_host_state(true));
+  RuleDecider d(source, build_rules(main_spec(Mode::kExclude)));
+  SessionInfo s;
+  s.dst = ip("10.1.2.3");
+  s.sniff_note = "ECH: outer SNI cloudflare-ech.com not used";
+  const Route r = d.decide(s);
+  EXPECT_EQ(r.kind, RouteKind::kDirect);
+  EXPECT_EQ(r.rule, "ip 10.1.2.3/32; ECH: outer SNI cloudflare-ech.com not used");
+  s.dst = ip("198.51.100.1");
+  EXPECT_EQ(d.decide(s).rule, "default; ECH: outer SNI cloudflare-ech.com not used");
+}
+
 TEST(RuleEngine, MatchKindsAndInvalidPatterns) {
   RuleSpec spec = main_spec(Mode::kInclude);
   spec.domains.push_back("bad..name");
