@@ -71,6 +71,7 @@ json connection_json(const proxy::SessionView& s) {
           {"local_addr", s.client.to_string()},
           {"remote_addr", s.destination.to_string()},
           {"domain", string_or_null(s.domain)},
+          {"domain_source", string_or_null(sniff::to_string(s.domain_source))},
           {"route", decider::to_string(s.route.kind)},
           {"interface", blocked ? json(nullptr) : string_or_null(s.route.interface)},
           {"rule", s.route.rule},
@@ -183,6 +184,8 @@ void append_connection(std::string& out, const proxy::SessionView& s) {
   out += s.destination.to_string();
   out += "\",\"domain\":";
   append_string_or_null(out, s.domain);
+  out += ",\"domain_source\":";
+  append_string_or_null(out, sniff::to_string(s.domain_source));
   out += ",\"route\":\"";
   out += decider::to_string(s.route.kind);
   out += "\",\"interface\":";

@@ -9,6 +9,7 @@
 #include "decider/decider.hpp"
 #include "dns/forwarder.hpp"
 #include "proxy/counters.hpp"
+#include "sniff/sniff.hpp"
 
 namespace splitd::api {
 namespace {
@@ -229,6 +230,29 @@ std::string metrics_text(const MetricsSnapshot& m, const ApiStats& api) {
                of(t, p).failures[f]);
     }
   }
+
+  w.family("splitd_flow_names_total", "counter",
+           "Flows by where their name came from: captured DNS, TLS SNI, HTTP Host, QUIC Initial, or none.");
+  for (auto p : kProtocols) {
+    for (std::size_t n = 0; n < proxy::kNameSources; ++n) {
+      const auto source = static_cast<sniff::Source>(n);
+      w.sample("splitd_flow_names_total",
+               {{"protocol", decider::to_string(p)}, {"source", source == sniff::Source::kNone ? "none" : sniff::to_string(source)}},
+               of(t, p).named[n]);
+    }
+  }
+  w.family("splitd_sniff_total", "counter",
+           "Flows whose first bytes were read for a name, by what the parser made of them (need_more: it gave up).");
+  for (auto p : kProtocols) {
+    for (std::size_t o = 0; o < proxy::kSniffOutcomes; ++o) {
+      w.sample("splitd_sniff_total",
+               {{"protocol", decider::to_string(p)}, {"outcome", sniff::to_string(static_cast<sniff::Outcome>(o))}},
+               of(t, p).sniffed[o]);
+    }
+  }
+  per_protocol(w, "splitd_sniff_timeouts_total", "counter",
+               "Sniffed flows decided at dns.sniff_timeout without a complete ClientHello or request.", t,
+               [](const proxy::ProtocolCounters& c, decider::Protocol) { return c.sniff_timeouts; });
 
   w.family("splitd_bytes_total", "counter", "Payload bytes proxied; sent is app to remote.");
   for (auto p : kProtocols) {

@@ -150,9 +150,18 @@ const std::vector<Column>& connection_columns() {
   return kColumns;
 }
 
+// The name, and where it came from when not from DNS: "www.x.com/sni" (one word: no
+// host name has a slash, and the column stays one field for awk).
+std::string domain_cell(const json& c) {
+  std::string d = str(c, "domain");
+  const std::string source = str(c, "domain_source", "");
+  if (d != "-" && !source.empty() && source != "dns") d += "/" + source;
+  return d;
+}
+
 std::vector<std::string> connection_row(const json& c, Clock::time_point now) {
   return {str(c, "id"),          str(c, "protocol"),  str(c, "local_addr"),        str(c, "remote_addr"),
-          str(c, "domain"),      str(c, "route"),     str(c, "interface"),         app_of(c),
+          domain_cell(c),        str(c, "route"),     str(c, "interface"),         app_of(c),
           bytes_cell(c, "bytes_sent"), bytes_cell(c, "bytes_received"), age_of(c, now), str(c, "rule")};
 }
 
@@ -180,7 +189,7 @@ std::optional<std::uint64_t> id_of(const json& c) {
 
 std::string added_line(const json& c) {
   return "+ " + str(c, "id") + " " + str(c, "protocol") + " " + str(c, "local_addr") + " -> " +
-         str(c, "remote_addr") + " domain=" + str(c, "domain") + " route=" + str(c, "route") +
+         str(c, "remote_addr") + " domain=" + domain_cell(c) + " route=" + str(c, "route") +
          " iface=" + str(c, "interface") + " app=" + app_of(c) + " rule=" + str(c, "rule");
 }
 

@@ -273,6 +273,18 @@ int Runtime::start() {
   start_identification();
   classifier_ = std::make_unique<proxy::Classifier>(*decider_, cfg_.dns.enabled ? names_.get() : nullptr,
                                                     identifier_.get());
+  proxy::SniffOptions sniff;
+  sniff.mode = cfg_.dns.sniff;
+  sniff.ports = cfg_.dns.sniff_ports;
+  sniff.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg_.dns.sniff_timeout);
+  classifier_->set_sniff(sniff);
+  if (sniff.mode != decider::SniffMode::kOff && !sniff.ports.empty()) {
+    std::string ports;
+    for (auto p : sniff.ports) ports += (ports.empty() ? "" : ",") + std::to_string(p);
+    log::info("sniffing the name of flows to ports ", ports, " (TLS SNI, HTTP Host, QUIC) ",
+              sniff.mode == decider::SniffMode::kAlways ? "always" : "when DNS named no destination",
+              ", waiting at most ", sniff.timeout.count(), "ms for a client's first bytes");
+  }
 
   // The API socket exists from here on; requests wait until the executor runs, and get
   // 503 until everything below is up.

@@ -23,6 +23,18 @@ SessionSpec Classifier::classify(const FlowFacts& flow) const {
                                    : "uid " + std::to_string(*owner) + ": not a VPN client, the rules decide")
                     : std::string("an unknown socket: the rules decide"));
   }
+  if (flow.sniffed != nullptr) {
+    const sniff::Result& r = *flow.sniffed;
+    if (r.outcome == sniff::Outcome::kName) {
+      info.sniffed_name = r.name;
+      info.sniffed_from = sniff::to_string(r.source);
+    } else if (r.outcome == sniff::Outcome::kEch) {
+      // The outer SNI of an Encrypted Client Hello is the provider's public name (e.g.
+      // cloudflare-ech.com), shared by every site behind it: routing by it would send them
+      // all one way. The IP rules decide.
+      info.sniff_note = r.name.empty() ? "ECH, no name to route by" : "ECH: outer SNI " + r.name + " not used";
+    }
+  }
   SessionSpec spec;
   // The app: only as far as the rules need it (nothing at all without app rules, unless
   // exec is in use or a listing asked), the process only for comm/path rules.
@@ -44,9 +56,15 @@ SessionSpec Classifier::classify(const FlowFacts& flow) const {
   spec.destination = flow.destination;
   spec.route = decider_.decide(info);
   spec.domain = spec.route.domain;
-  // A flow that a domain rule did not decide still shows the name its IP was resolved
-  // from (the most recently learned), for the listing.
-  if (spec.domain.empty() && names_ != nullptr) {
+  if (!spec.domain.empty()) {
+    spec.domain_source = !info.sniffed_name.empty() && spec.domain == info.sniffed_name ? flow.sniffed->source
+                                                                                         : sniff::Source::kDns;
+  } else if (!info.sniffed_name.empty()) {
+    spec.domain = std::move(info.sniffed_name);  // for the listing: the name the flow gave
+    spec.domain_source = flow.sniffed->source;
+  } else if (names_ != nullptr) {
+    // A flow that a domain rule did not decide still shows the name its IP was resolved
+    // from (the most recently learned), for the listing.
     struct First final : decider::NameVisitor {
       std::string name;
       bool operator()(std::string_view n) override {
@@ -56,8 +74,26 @@ SessionSpec Classifier::classify(const FlowFacts& flow) const {
     } first;
     names_->visit_names(info.dst.unmapped(), first);
     spec.domain = std::move(first.name);
+    if (!spec.domain.empty()) spec.domain_source = sniff::Source::kDns;
   }
   return spec;
+}
+
+void Classifier::set_sniff(const SniffOptions& options) {
+  sniff_ = options;
+  sniff_ports_.reset();
+  for (std::uint16_t p : options.ports) sniff_ports_.set(p);
+}
+
+bool Classifier::should_sniff(const Endpoint& destination) const {
+  if (sniff_.mode == decider::SniffMode::kOff || !sniff_ports_.test(destination.port)) return false;
+  if (sniff_.mode == decider::SniffMode::kAlways || names_ == nullptr) return true;
+  struct Any final : decider::NameVisitor {
+    bool found = false;
+    bool operator()(std::string_view) override { return found = true; }
+  } any;
+  names_->visit_names(destination.address.unmapped(), any);
+  return !any.found;
 }
 
 }  // namespace splitd::proxy

@@ -26,6 +26,8 @@ enum class FailReason : std::uint8_t {
 const char* to_string(FailReason r);  // "connect_timeout", "connect_refused", ...
 
 inline constexpr std::size_t kRouteKinds = 3;   // decider::RouteKind
+inline constexpr std::size_t kNameSources = 5;  // sniff::Source (kNone counts flows without a name)
+inline constexpr std::size_t kSniffOutcomes = 6;  // sniff::Outcome (kNeedMore: gave up, see timeouts)
 inline constexpr std::size_t kMatchKinds = 4;   // decider::MatchKind
 inline constexpr std::size_t kFailReasons = static_cast<std::size_t>(FailReason::kCount);
 
@@ -38,6 +40,9 @@ struct ProtocolCounters {
   // decisions[route kind][match kind], e.g. decisions[kTunnel][kIp]
   std::array<std::array<std::uint64_t, kMatchKinds>, kRouteKinds> decisions{};
   std::array<std::uint64_t, kFailReasons> failures{};
+  std::array<std::uint64_t, kNameSources> named{};     // flows by where their name came from
+  std::array<std::uint64_t, kSniffOutcomes> sniffed{};  // sniffed flows by the parser's outcome
+  std::uint64_t sniff_timeouts = 0;  // sniffed flows decided at sniff_timeout, bytes incomplete
   std::uint64_t bytes_sent = 0;  // app → remote, live and ended flows
   std::uint64_t bytes_received = 0;
   std::uint64_t packets_sent = 0;
@@ -67,7 +72,10 @@ class WorkerCounters {
     kPacketsReceived,
     kDecisions,                                           // kRouteKinds × kMatchKinds
     kFailures = kDecisions + kRouteKinds * kMatchKinds,   // kFailReasons
-    kSlots = kFailures + kFailReasons,
+    kNamed = kFailures + kFailReasons,                    // kNameSources
+    kSniffed = kNamed + kNameSources,                     // kSniffOutcomes
+    kSniffTimeouts = kSniffed + kSniffOutcomes,
+    kSlots,
   };
 
   void add(decider::Protocol p, std::size_t slot, std::uint64_t n = 1) {
@@ -78,6 +86,9 @@ class WorkerCounters {
     add(p, kDecisions + static_cast<std::size_t>(route) * kMatchKinds + static_cast<std::size_t>(match));
   }
   void failure(decider::Protocol p, FailReason r) { add(p, kFailures + static_cast<std::size_t>(r)); }
+  // `source`, `outcome`: sniff::Source and sniff::Outcome as integers (no dependency here).
+  void named(decider::Protocol p, std::size_t source) { add(p, kNamed + source); }
+  void sniffed(decider::Protocol p, std::size_t outcome) { add(p, kSniffed + outcome); }
 
   // Adds this worker's figures of protocol p to `out`.
   void sum_into(decider::Protocol p, ProtocolCounters& out) const;

@@ -25,6 +25,9 @@ const char* to_string(FailReason r) {
   return "unknown";
 }
 
+static_assert(static_cast<std::size_t>(sniff::Source::kQuic) + 1 == kNameSources, "a counter per name source");
+static_assert(static_cast<std::size_t>(sniff::Outcome::kMalformed) + 1 == kSniffOutcomes, "a counter per outcome");
+
 void WorkerCounters::sum_into(decider::Protocol p, ProtocolCounters& out) const {
   const Block& b = block(p);
   const auto get = [&b](std::size_t slot) { return b[slot].load(std::memory_order_relaxed); };
@@ -40,6 +43,9 @@ void WorkerCounters::sum_into(decider::Protocol p, ProtocolCounters& out) const 
     for (std::size_t m = 0; m < kMatchKinds; ++m) out.decisions[r][m] += get(kDecisions + r * kMatchKinds + m);
   }
   for (std::size_t f = 0; f < kFailReasons; ++f) out.failures[f] += get(kFailures + f);
+  for (std::size_t n = 0; n < kNameSources; ++n) out.named[n] += get(kNamed + n);
+  for (std::size_t o = 0; o < kSniffOutcomes; ++o) out.sniffed[o] += get(kSniffed + o);
+  out.sniff_timeouts += get(kSniffTimeouts);
 }
 
 std::string Endpoint::to_string() const {
@@ -151,6 +157,7 @@ std::shared_ptr<Session> SessionTable::add(SessionSpec spec, WorkerCounters& cou
   s->touch();
   counters.add(s->protocol, WorkerCounters::kStarted);
   counters.decision(s->protocol, s->route.kind, s->route.matched);
+  counters.named(s->protocol, static_cast<std::size_t>(s->domain_source));
   if (s->route.kind == decider::RouteKind::kBlock) counters.add(s->protocol, WorkerCounters::kBlocked);
   detail::SessionShard& sh = shard_of(counters);
   std::lock_guard lock(sh.mu);

@@ -17,6 +17,7 @@
 #include "common/ip_address.hpp"
 #include "decider/decider.hpp"
 #include "proxy/counters.hpp"
+#include "sniff/sniff.hpp"
 
 namespace splitd::proxy {
 
@@ -70,6 +71,7 @@ struct SessionSpec {
   decider::Route route;
   AppInfo app;
   std::string domain;  // the name the flow was routed by; "" when none was known
+  sniff::Source domain_source = sniff::Source::kNone;  // where `domain` came from
 };
 
 // One live flow. Its worker writes the counters (and its WorkerCounters with them); any

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <climits>
 #include <csignal>
@@ -21,6 +22,7 @@
 #include "common/log.hpp"
 #include "proxy/splice_pump.hpp"
 #include "proxy/tcp_info.hpp"
+#include "sniff/sniff.hpp"
 
 namespace splitd::proxy {
 
@@ -55,15 +57,23 @@ void set_int(int fd, int level, int name, int value) {
   ::setsockopt(fd, level, name, &value, sizeof value);
 }
 
+// A flow waiting for its client's first bytes (the name in them decides its route): the
+// endpoints it will be classified with. Only sniffed flows have one, only until decided.
+struct Sniffing {
+  Endpoint client, destination;
+};
+
 // A flow, the only per-connection allocation besides its Session. It sits on one of the
-// worker's two lists: connecting (ordered by deadline) or open (ordered by activity).
+// worker's three lists: sniffing or connecting (each ordered by deadline: one timeout for
+// all), or open (ordered by activity). A sniffing flow has no Session yet.
 struct Flow {
   Flow* prev = nullptr;
   Flow* next = nullptr;
   std::shared_ptr<Session> session;
+  std::unique_ptr<Sniffing> sniffing;  // set while sniffing
   int fd[2] = {-1, -1};    // kClient, kUpstream
   Direction dir[2];        // dir[kClient]: client → upstream; dir[kUpstream]: back
-  std::int64_t deadline_ms = 0;  // while connecting
+  std::int64_t deadline_ms = 0;  // while sniffing or connecting
   std::int64_t packets_ms = 0;   // last TCP_INFO refresh
   bool connecting = true;
   bool dead = false;
@@ -164,6 +174,10 @@ class TcpProxy::Worker final : public Reactor::Client {
     const int side = static_cast<int>(tag);
     if (events & EPOLLPRI) f->dir[side].urgent = true;
     if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) f->dir[side].read_all = true;
+    if (f->sniffing) {  // registering the client raises its first event, bytes or not
+      if (events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) sniff(f, false);
+      return;
+    }
     if (f->connecting) {
       if (side == kUpstream) connected(f, events);
       return;  // the client's data waits in its socket until the upstream is there
@@ -186,6 +200,7 @@ class TcpProxy::Worker final : public Reactor::Client {
   std::int64_t next_deadline_ms() const override {
     std::int64_t next = LLONG_MAX;
     if (const Flow* f = connecting_.front()) next = f->deadline_ms;
+    if (const Flow* f = sniffing_.front()) next = std::min(next, f->deadline_ms);
     if (const Flow* f = open_.front()) {
       next = std::min(next, f->session->last_activity_ms.load(std::memory_order_relaxed) +
                                 proxy_.options_.idle_timeout.count());
@@ -287,7 +302,6 @@ class TcpProxy::Worker final : public Reactor::Client {
       return;
     }
     auto& opts = proxy_.options_;
-    auto& table = proxy_.sessions_;
     // The count is taken before anything else so max_sessions holds under a burst.
     if (proxy_.active_.fetch_add(1, std::memory_order_relaxed) >= opts.max_sessions) {
       proxy_.active_.fetch_sub(1, std::memory_order_relaxed);
@@ -300,19 +314,66 @@ class TcpProxy::Worker final : public Reactor::Client {
 
     auto* f = new Flow;
     f->fd[kClient] = fd;
-    f->session = table.add(proxy_.classifier_.classify({decider::Protocol::kTcp, peer, local, {}}), counters_,
-                           owner_);
-    const decider::Route& route = f->session->route;
-    f->deadline_ms = now_ + opts.connect_timeout.count();
-    f->packets_ms = now_;  // first TCP_INFO after kPacketsEveryMs: short flows need none
-    connecting_.push_back(f);
-
-    if (route.kind == decider::RouteKind::kBlock) {
-      end(f, End::kReset, "blocked");
+    // A flow whose destination has no name yet waits (up to sniff_timeout) for the
+    // client's first bytes, read with MSG_PEEK: they stay in the socket, and the pump
+    // forwards them unchanged once the upstream is connected.
+    if (proxy_.classifier_.should_sniff(local)) {
+      f->sniffing = std::make_unique<Sniffing>(Sniffing{peer, local});
+      f->deadline_ms = now_ + proxy_.classifier_.sniff_timeout().count();
+      sniffing_.push_back(f);
+      watch(f, kClient);
       return;
     }
-    if (!watch(f, kClient)) return;
-    dial(f);
+    classified(f, proxy_.classifier_.classify({decider::Protocol::kTcp, peer, local, {}}));
+    if (!f->dead && watch(f, kClient)) dial(f);
+  }
+
+  // The session starts: counted, listed, and the flow waits for its upstream.
+  void classified(Flow* f, SessionSpec spec) {
+    f->session = proxy_.sessions_.add(std::move(spec), counters_, owner_);
+    f->deadline_ms = now_ + proxy_.options_.connect_timeout.count();
+    f->packets_ms = now_;  // first TCP_INFO after kPacketsEveryMs: short flows need none
+    connecting_.push_back(f);
+    if (f->session->route.kind == decider::RouteKind::kBlock) end(f, End::kReset, "blocked");
+  }
+
+  // ---- sniffing -------------------------------------------------------------------------
+
+  // Peeks at what the client sent so far and decides the flow once the bytes name its
+  // server, say they never will (not TLS/HTTP, no SNI, ECH, malformed, EOF), or the
+  // deadline passed (`timed_out`). Every new segment raises an edge, so each call sees
+  // more; the parse restarts from the first byte (bounded by the peek buffer).
+  void sniff(Flow* f, bool timed_out) {
+    const ssize_t n = ::recv(f->fd[kClient], peek_.data(), peek_.size(), MSG_PEEK | MSG_DONTWAIT);
+    sniff::Result r;
+    if (n > 0) {
+      r = sniff::sniff_stream({peek_.data(), static_cast<std::size_t>(n)});
+      // A full peek buffer with the parser still waiting: it will not get more (the
+      // parsers' own bounds are below the buffer's size; this is the safety net).
+      if (r.outcome == sniff::Outcome::kNeedMore && static_cast<std::size_t>(n) == peek_.size()) {
+        r.outcome = sniff::Outcome::kMalformed;
+      }
+    } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      return end(f, End::kReset, "client: " + errno_text(errno));
+    }
+    // n == 0: the client closed without a byte; decide now, the pump forwards the EOF.
+    const bool client_done = n == 0 || f->dir[kClient].read_all;
+    if (r.outcome == sniff::Outcome::kNeedMore && !timed_out && !client_done) return;
+    if (r.outcome == sniff::Outcome::kNeedMore && timed_out) {
+      counters_.add(decider::Protocol::kTcp, WorkerCounters::kSniffTimeouts);
+    }
+    counters_.sniffed(decider::Protocol::kTcp, static_cast<std::size_t>(r.outcome));
+    const std::unique_ptr<Sniffing> s = std::move(f->sniffing);
+    sniffing_.remove(f);
+    FlowFacts facts{decider::Protocol::kTcp, s->client, s->destination, {}, &r};
+    if (log::enabled(log::Level::kDebug)) {
+      log::debug("tcp ", s->client.to_string(), " -> ", s->destination.to_string(), ": sniffed ",
+                 sniff::to_string(r.source), " ", sniff::to_string(r.outcome), r.name.empty() ? "" : " " + r.name,
+                 " after ", now_ - (f->deadline_ms - proxy_.classifier_.sniff_timeout().count()), "ms",
+                 n > 0 ? ", " + std::to_string(n) + " bytes" : std::string());
+    }
+    classified(f, proxy_.classifier_.classify(facts));
+    if (!f->dead) dial(f);
   }
 
   std::uint32_t random() {  // xorshift64*: plenty for spreading ports, no shared state
@@ -325,7 +386,7 @@ class TcpProxy::Worker final : public Reactor::Client {
   bool watch(Flow* f, int side) {
     const std::uint64_t data = reinterpret_cast<std::uint64_t>(f) | static_cast<std::uint64_t>(side);
     if (reactor_.add(f->fd[side], EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET, data)) return true;
-    log::warn("tcp #", f->session->id, ": epoll: ", errno_text(errno));
+    log::warn("tcp #", f->session ? f->session->id : 0, ": epoll: ", errno_text(errno));
     end(f, End::kReset, "epoll failed");
     return false;
   }
@@ -514,7 +575,8 @@ class TcpProxy::Worker final : public Reactor::Client {
   void end(Flow* f, End how, const std::string& why) {
     if (f->dead) return;
     f->dead = true;
-    (f->connecting ? connecting_ : open_).remove(f);
+    (f->sniffing ? sniffing_ : f->connecting ? connecting_ : open_).remove(f);
+    f->sniffing.reset();
     for (int side : {kClient, kUpstream}) {
       if (how == End::kReset) {
         reset_fd(f->fd[side]);
@@ -525,6 +587,12 @@ class TcpProxy::Worker final : public Reactor::Client {
       Direction& d = f->dir[side];
       if (d.pending > 0) d.pipe.close();  // bytes nobody will read: not for the pool
       pipes_.give(d.pipe);
+    }
+    proxy_.active_.fetch_sub(1, std::memory_order_relaxed);
+    dead_.push_back(f);  // freed after this turn: events later in the batch may name it
+    if (!f->session) {  // ended while sniffing: never classified, never listed
+      log::debug("tcp: a flow ended while sniffing (", why, ")");
+      return;
     }
     const Session& s = *f->session;
     if (log::enabled(log::Level::kDebug)) {
@@ -537,8 +605,6 @@ class TcpProxy::Worker final : public Reactor::Client {
                  "ms (", why, ")");
     }
     proxy_.sessions_.remove(s);
-    proxy_.active_.fetch_sub(1, std::memory_order_relaxed);
-    dead_.push_back(f);  // freed after this turn: events later in the batch may name it
   }
 
   void free_dead() {
@@ -552,8 +618,12 @@ class TcpProxy::Worker final : public Reactor::Client {
     dead_.clear();
   }
 
-  // Connect timeouts, idle flows and paused accepts.
+  // Sniff and connect timeouts, idle flows and paused accepts.
   void expire() {
+    while (Flow* f = sniffing_.front()) {
+      if (f->deadline_ms > now_) break;
+      sniff(f, true);  // decides it: off the sniffing list
+    }
     while (Flow* f = connecting_.front()) {
       if (f->deadline_ms > now_) break;
       counters_.failure(decider::Protocol::kTcp, FailReason::kConnectTimeout);
@@ -583,6 +653,7 @@ class TcpProxy::Worker final : public Reactor::Client {
   }
 
   void close_all(const char* why) {
+    while (Flow* f = sniffing_.front()) end(f, End::kReset, why);
     while (Flow* f = connecting_.front()) end(f, End::kReset, why);
     while (Flow* f = open_.front()) end(f, End::kReset, why);
     more_.clear();
@@ -592,7 +663,9 @@ class TcpProxy::Worker final : public Reactor::Client {
   TcpProxy& proxy_;
   Reactor& reactor_;
   std::vector<Fd> listeners_;
-  FlowList connecting_, open_;
+  FlowList sniffing_, connecting_, open_;
+  // The peek buffer of sniffing: a ClientHello at its bound in small records fits.
+  std::array<std::uint8_t, sniff::kMaxClientHello + 4096> peek_;
   std::vector<std::pair<Flow*, int>> more_, more_batch_;  // directions with more to read
   std::vector<Flow*> dead_;
   PipePool pipes_;

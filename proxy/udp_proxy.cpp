@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <deque>
 #include <list>
 #include <stdexcept>
 #include <unordered_map>
@@ -20,6 +21,7 @@
 #include "common/fd.hpp"
 #include "common/log.hpp"
 #include "proxy/udp_batch.hpp"
+#include "sniff/quic.hpp"
 
 namespace splitd::proxy {
 
@@ -45,6 +47,16 @@ constexpr int kListenerBuffer = 8 << 20;
 constexpr int kMappingBuffer = 4 << 20;
 // After sweeps that freed this many entries, give the memory back to the OS.
 constexpr std::size_t kTrimAfter = 1024;
+// QUIC flows waiting for their ClientHello: what one may hold, and how many may wait per
+// worker (beyond that, new flows are decided at once, by their IP). A ClientHello takes one
+// or two datagrams (Chrome's post-quantum one, two); these bounds leave room for reordering
+// and retransmits, and 4096 waiting flows hold at most 256 MiB in the worst case.
+constexpr std::size_t kMaxHeldDatagrams = 8;
+constexpr std::size_t kMaxHeldBytes = 64 * 1024;
+constexpr std::size_t kMaxPending = 4096;
+
+// A client datagram that may start a QUIC connection: a long header with the fixed bit.
+bool may_be_quic(std::span<const std::uint8_t> d) { return d.size() >= 7 && (d[0] & 0xc0) == 0xc0; }
 
 std::string errno_text(int err) { return std::strerror(err); }
 
@@ -144,6 +156,7 @@ class UdpProxy::Worker final : public Reactor::Client {
         flows_(64, hasher_),
         mappings_(64, hasher_),
         replies_(64, hasher_),
+        pending_(16, hasher_),
         counters_(proxy.sessions_.register_worker()) {}
 
   ~Worker() override {
@@ -205,11 +218,14 @@ class UdpProxy::Worker final : public Reactor::Client {
 
   void after_events() override {
     now_ = reactor_.now_ms();
+    if (!pending_order_.empty() && pending_order_.front().first <= now_) expire_pending();
     if (now_ >= next_sweep_) sweep();
     bury();
   }
 
-  std::int64_t next_deadline_ms() const override { return next_sweep_; }
+  std::int64_t next_deadline_ms() const override {
+    return pending_order_.empty() ? next_sweep_ : std::min(next_sweep_, pending_order_.front().first);
+  }
 
  private:
   struct Mapping;
@@ -233,6 +249,20 @@ class UdpProxy::Worker final : public Reactor::Client {
     std::size_t flows = 0;
     std::int64_t last = 0;
     std::list<Mapping*>::iterator lru;
+  };
+
+  // A QUIC flow waiting for the rest of its ClientHello: its datagrams so far, copied (the
+  // receive batch is reused), sent in order once the name decides the flow.
+  struct Held {
+    std::vector<std::uint8_t> data;
+    std::uint16_t segment = 0;
+  };
+  struct Pending {
+    sniff::QuicSniffer sniffer;
+    sockaddr_storage to{};  // the original destination, ready for sendmsg
+    std::vector<Held> held;
+    std::size_t bytes = 0;
+    std::int64_t deadline = 0;
   };
 
   // Send-only: nothing is ever delivered to it (the clients' datagrams all go to the
@@ -337,8 +367,28 @@ class UdpProxy::Worker final : public Reactor::Client {
     } else {
       const Endpoint client = endpoint_of(*d.from);
       const Endpoint dst = endpoint_of(*d.original_destination);
-      f = find_flow({client, dst});
-      if (!f) f = new_flow(client, dst, d);
+      const FlowKey key{client, dst};
+      f = find_flow(key);
+      if (!f) {
+        if (!pending_.empty()) {
+          if (auto it = pending_.find(key); it != pending_.end()) return hold(key, *it->second, d);
+        }
+        if (may_be_quic(d.data) && proxy_.classifier_.should_sniff(dst)) {
+          auto p = std::make_unique<Pending>();
+          sniff::Result r = feed(p->sniffer, d);
+          if (r.outcome == sniff::Outcome::kNeedMore && pending_.size() < kMaxPending) {
+            std::memcpy(&p->to, d.original_destination, sockaddr_len(*d.original_destination));
+            p->deadline = now_ + proxy_.classifier_.sniff_timeout().count();
+            pending_order_.emplace_back(p->deadline, key);
+            Pending& held = *pending_.emplace(key, std::move(p)).first->second;
+            return hold(key, held, d, false);
+          }
+          counters_.sniffed(decider::Protocol::kUdp, static_cast<std::size_t>(r.outcome));
+          f = new_flow(client, dst, d.data, &r);
+        } else {
+          f = new_flow(client, dst, d.data, nullptr);
+        }
+      }
       if (!f) return;
       cache(f, *d.from, *d.original_destination);
     }
@@ -396,8 +446,65 @@ class UdpProxy::Worker final : public Reactor::Client {
     return it == flows_.end() ? nullptr : it->second.get();
   }
 
-  Flow* new_flow(const Endpoint& client, const Endpoint& dst, const Datagram& d) {
-    SessionSpec spec = proxy_.classifier_.classify({decider::Protocol::kUdp, client, dst, d.data});
+  // ---- QUIC flows waiting for their name ---------------------------------------------
+
+  // Feeds a datagram (each datagram of a GRO super-datagram) to the sniffer.
+  static sniff::Result feed(sniff::QuicSniffer& sniffer, const Datagram& d) {
+    if (d.segment == 0 || d.data.size() <= d.segment) return sniffer.feed(d.data);
+    sniff::Result r;
+    for (std::size_t at = 0; at < d.data.size() && r.outcome == sniff::Outcome::kNeedMore; at += d.segment) {
+      r = sniffer.feed(d.data.subspan(at, std::min<std::size_t>(d.segment, d.data.size() - at)));
+    }
+    return r;
+  }
+
+  // Keeps a copy of `d` (already fed when !`fed`), and decides the flow when the sniffer
+  // has its answer or the flow holds as much as it may.
+  void hold(const FlowKey& key, Pending& p, const Datagram& d, bool fed = true) {
+    const sniff::Result r = fed ? feed(p.sniffer, d) : sniff::Result{};
+    p.held.push_back({{d.data.begin(), d.data.end()}, d.segment});
+    p.bytes += d.data.size();
+    if (fed && r.outcome != sniff::Outcome::kNeedMore) return release(key, r, false);
+    if (p.held.size() >= kMaxHeldDatagrams || p.bytes >= kMaxHeldBytes) return release(key, {}, false);
+  }
+
+  void expire_pending() {
+    while (!pending_order_.empty() && pending_order_.front().first <= now_) {
+      const auto [deadline, key] = pending_order_.front();
+      pending_order_.pop_front();
+      auto it = pending_.find(key);
+      // Decided already, or a later flow of the same key (with a later deadline) waits.
+      if (it == pending_.end() || it->second->deadline != deadline) continue;
+      release(key, {}, true);
+    }
+  }
+
+  // Decides a waiting flow (by its name, or without one) and sends what it holds.
+  void release(const FlowKey& key, sniff::Result r, bool timed_out) {
+    auto node = pending_.extract(key);
+    Pending& p = *node.mapped();
+    if (timed_out) counters_.add(decider::Protocol::kUdp, WorkerCounters::kSniffTimeouts);
+    counters_.sniffed(decider::Protocol::kUdp, static_cast<std::size_t>(r.outcome));
+    if (log::enabled(log::Level::kDebug)) {
+      log::debug("udp ", key.client.to_string(), " -> ", key.destination.to_string(), ": sniffed quic ",
+                 sniff::to_string(r.outcome), r.name.empty() ? "" : " " + r.name, " after ", p.held.size(),
+                 " datagrams", timed_out ? " (timed out)" : "");
+    }
+    Flow* f = new_flow(key.client, key.destination, p.held.front().data, &r);
+    if (!f) return;  // dropped (max_sessions, no socket), as a flow's first datagram would be
+    touch(flow_lru_, *f, now_);
+    f->session->last_activity_ms.store(now_, std::memory_order_relaxed);
+    for (const Held& h : p.held) {
+      f->session->add_sent(h.data.size(), segments_of({h.data, nullptr, nullptr, h.segment}));
+      if (f->mapping) tx_.queue(f->mapping->fd.get(), p.to, sockaddr_len(p.to), h.data, h.segment, &f->mapping->gso);
+    }
+    if (f->mapping) touch(mapping_lru_, *f->mapping, now_);
+    flush();  // the held bytes go with `node`
+  }
+
+  Flow* new_flow(const Endpoint& client, const Endpoint& dst, std::span<const std::uint8_t> first,
+                 const sniff::Result* sniffed) {
+    SessionSpec spec = proxy_.classifier_.classify({decider::Protocol::kUdp, client, dst, first, sniffed});
     const decider::Route& route = spec.route;
     Mapping* m = nullptr;
     if (route.kind != decider::RouteKind::kBlock) {
@@ -625,6 +732,8 @@ class UdpProxy::Worker final : public Reactor::Client {
   void close_all() {
     for (auto& l : listeners_) reactor_.remove(l.get());
     listeners_.clear();
+    pending_.clear();  // their datagrams go nowhere: as if lost before the shutdown
+    pending_order_.clear();
     while (!flow_lru_.empty()) evict_flow(*flow_lru_.back(), "shutdown");
     while (!mapping_lru_.empty()) evict_mapping(*mapping_lru_.back());
     while (!reply_lru_.empty()) evict_reply(*reply_lru_.back());
@@ -643,6 +752,8 @@ class UdpProxy::Worker final : public Reactor::Client {
   std::unordered_map<FlowKey, std::unique_ptr<Flow>, Hasher> flows_;
   std::unordered_map<MappingKey, std::unique_ptr<Mapping>, Hasher> mappings_;
   std::unordered_map<Endpoint, std::unique_ptr<Reply>, Hasher> replies_;
+  std::unordered_map<FlowKey, std::unique_ptr<Pending>, Hasher> pending_;
+  std::deque<std::pair<std::int64_t, FlowKey>> pending_order_;  // by deadline (one timeout for all)
   std::vector<std::unique_ptr<Mapping>> dead_mappings_;  // evicted, freed after the turn
   std::list<Flow*> flow_lru_;  // most recently used first
   std::list<Mapping*> mapping_lru_;

@@ -141,6 +141,7 @@ TEST_F(HandlersTest, ConnectionsListAndFilters) {
   a.app.exe = "/usr/lib/firefox/firefox-bin";
   a.app.cgroup = "/user.slice/user-1000.slice/app-Firefox-123.scope";
   a.domain = "example.com";
+  a.domain_source = sniff::Source::kSni;
   auto b = session(2, decider::Protocol::kUdp, decider::RouteKind::kDirect);
   b.app.pid = 99;
   b.app.comm = "curl";
@@ -159,6 +160,7 @@ TEST_F(HandlersTest, ConnectionsListAndFilters) {
   EXPECT_EQ(j[0]["local_addr"], "198.18.2.2:40001");
   EXPECT_EQ(j[0]["remote_addr"], "203.0.113.10:80");
   EXPECT_EQ(j[0]["domain"], "example.com");
+  EXPECT_EQ(j[0]["domain_source"], "sni");
   EXPECT_EQ(j[0]["interface"], "tun0");
   EXPECT_EQ(j[0]["match"], "default");
   EXPECT_EQ(j[0]["app"]["comm"], "firefox");
@@ -167,6 +169,7 @@ TEST_F(HandlersTest, ConnectionsListAndFilters) {
   EXPECT_EQ(j[0]["idle_ms"], 120);
   EXPECT_EQ(j[0]["bytes_received"], 512);
   EXPECT_TRUE(j[1]["domain"].is_null());
+  EXPECT_TRUE(j[1]["domain_source"].is_null());
   EXPECT_TRUE(j[2]["interface"].is_null());
   EXPECT_TRUE(j[2]["app"].is_null());
   EXPECT_EQ(j[2]["match"], "ip");

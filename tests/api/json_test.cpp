@@ -20,6 +20,7 @@ proxy::SessionView view(std::mt19937& rng, const std::string& text) {
   s.route.rule = text;
   s.route.matched = static_cast<decider::MatchKind>(rng() % 4);
   s.domain = rng() % 2 ? text : "";
+  s.domain_source = static_cast<sniff::Source>(rng() % 5);
   if (rng() % 2) {
     s.app.pid = static_cast<std::int32_t>(rng() % 100000);
     s.app.comm = text;

@@ -42,7 +42,7 @@ constexpr const char* kConnections = R"([
   "app": null, "started_at": "2026-12-02T09:55:01.003Z", "idle_ms": 120,
   "bytes_sent": 77, "bytes_received": 512, "packets_sent": 4, "packets_received": 3},
  {"id": 18, "protocol": "tcp", "local_addr": "198.18.2.2:40400", "remote_addr": "198.51.100.7:443",
-  "domain": "www.example.com", "route": "direct", "interface": "phys0", "rule": "domain *.example.com",
+  "domain": "www.example.com", "domain_source": "sni", "route": "direct", "interface": "phys0", "rule": "domain *.example.com",
   "match": "domain", "app": {"pid": 4242, "comm": "firefox", "path": "/usr/lib/firefox/firefox",
   "cgroup": "user.slice/app.slice/firefox.scope"}, "started_at": "2026-12-02T07:50:00Z", "idle_ms": 5,
   "bytes_sent": 1536, "bytes_received": 24536678, "packets_sent": 40, "packets_received": 300},
@@ -247,7 +247,7 @@ TEST(Format, ConnectionsTable) {
                                     "AGE", "RULE"}));
   EXPECT_EQ(cells(lines[1]), (Cells{"17", "tcp", "198.18.2.2:40312", "203.0.113.10:80", "-", "tunnel", "tun0", "-",
                                     "77B", "512B", "1m00s", "default"}));
-  EXPECT_EQ(cells(lines[2]), (Cells{"18", "tcp", "198.18.2.2:40400", "198.51.100.7:443", "www.example.com", "direct",
+  EXPECT_EQ(cells(lines[2]), (Cells{"18", "tcp", "198.18.2.2:40400", "198.51.100.7:443", "www.example.com/sni", "direct",
                                     "phys0", "firefox", "1.5KiB", "23.4MiB", "2h06m", "domain *.example.com"}));
   EXPECT_EQ(cells(lines[3]), (Cells{"21", "udp", "[2001:db8::2]:5353", "[2001:db8::53]:53", "-", "block", "-", "dig",
                                     "0B", "0B", "1d03h", "ip 2001:db8::/64"}));
@@ -842,7 +842,7 @@ TEST(ConnectionsView, SnapshotThenChanges) {
   EXPECT_EQ(view.size(), 2u);
   const std::vector<std::string> want = {
       "+ 17 tcp 198.18.2.2:40312 -> 203.0.113.10:80 domain=- route=tunnel iface=tun0 app=- rule=default",
-      "+ 18 tcp 198.18.2.2:40400 -> 198.51.100.7:443 domain=www.example.com route=direct iface=phys0 app=firefox "
+      "+ 18 tcp 198.18.2.2:40400 -> 198.51.100.7:443 domain=www.example.com/sni route=direct iface=phys0 app=firefox "
       "rule=domain *.example.com",
       "+ 21 udp [2001:db8::2]:5353 -> [2001:db8::53]:53 domain=- route=block iface=- app=dig rule=ip 2001:db8::/64",
       "~ 17 sent 2.0KiB recv 3.0MiB",

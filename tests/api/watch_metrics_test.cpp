@@ -204,7 +204,8 @@ TEST(Metrics, EveryFamilyHasHelpAndType) {
         "splitd_decisions_total", "splitd_flow_failures_total", "splitd_bytes_total", "splitd_packets_total",
         "splitd_firewall_repairs_total", "splitd_firewall_repair_failures_total", "splitd_reloads_total",
         "splitd_reload_failures_total", "splitd_rule_edits_total", "splitd_rules", "splitd_vpn_servers",
-        "splitd_api_requests_total"}) {
+        "splitd_api_requests_total", "splitd_flow_names_total", "splitd_sniff_total",
+        "splitd_sniff_timeouts_total"}) {
     EXPECT_NE(text.find(std::string("# HELP ") + family + " "), std::string::npos) << family;
     EXPECT_NE(text.find(std::string("# TYPE ") + family + " "), std::string::npos) << family;
   }
@@ -212,6 +213,14 @@ TEST(Metrics, EveryFamilyHasHelpAndType) {
   std::size_t n = 0;
   for (std::size_t pos = 0; (pos = text.find("\nsplitd_decisions_total{", pos)) != std::string::npos; ++pos) ++n;
   EXPECT_EQ(n, 24u);
+  // Every name source and sniff outcome, per protocol.
+  n = 0;
+  for (std::size_t pos = 0; (pos = text.find("\nsplitd_flow_names_total{", pos)) != std::string::npos; ++pos) ++n;
+  EXPECT_EQ(n, 10u);
+  EXPECT_NE(text.find("\nsplitd_flow_names_total{protocol=\"udp\",source=\"quic\"} "), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_flow_names_total{protocol=\"tcp\",source=\"none\"} "), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_sniff_total{protocol=\"tcp\",outcome=\"ech\"} "), std::string::npos);
+  EXPECT_NE(text.find("\nsplitd_sniff_timeouts_total{protocol=\"udp\"} "), std::string::npos);
 }
 
 }  // namespace
