@@ -11,13 +11,8 @@ constexpr std::size_t kMaxMethod = 16;
 constexpr std::size_t kMaxPortDigits = 5;
 constexpr unsigned kMaxPort = 65535;
 
-Result make(Outcome o, Source s = Source::kHost) {
-  Result r;
-  r.outcome = o;
-  r.source = s;
-  return r;
-}
-Result not_this() { return make(Outcome::kNotThis, Source::kNone); }
+Result make(Outcome o, Source s = Source::kHost) { return Result::of(o, s); }
+Result not_this() { return Result::not_this(); }
 Result malformed() { return make(Outcome::kMalformed); }
 
 // RFC 9110 §5.6.2 tchar.

@@ -26,6 +26,14 @@ struct Result {
   Outcome outcome = Outcome::kNeedMore;
   Source source = Source::kNone;  // kSni, kHost or kQuic once the parser knows the protocol
   std::string name;               // kName and kEch only
+
+  static Result of(Outcome o, Source s) {
+    Result r;
+    r.outcome = o;
+    r.source = s;
+    return r;
+  }
+  static Result not_this() { return of(Outcome::kNotThis, Source::kNone); }
 };
 
 // Bounds of every parser: what a client may send before a name must be known. A

@@ -25,13 +25,8 @@ constexpr std::uint8_t kEchInner = 1;
 // Every extension takes at least its 4-byte header, which bounds how many a hello holds.
 constexpr std::size_t kMaxExtensions = kMaxClientHello / 4;
 
-Result make(Outcome o, Source s = Source::kSni) {
-  Result r;
-  r.outcome = o;
-  r.source = s;
-  return r;
-}
-Result not_this() { return make(Outcome::kNotThis, Source::kNone); }
+Result make(Outcome o, Source s = Source::kSni) { return Result::of(o, s); }
+Result not_this() { return Result::not_this(); }
 Result malformed() { return make(Outcome::kMalformed); }
 
 // A bounds-checked cursor over one length-delimited part of the hello; every read fails
