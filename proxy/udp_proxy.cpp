@@ -383,7 +383,7 @@ class UdpProxy::Worker final : public Reactor::Client {
             Pending& held = *pending_.emplace(key, std::move(p)).first->second;
             return hold(key, held, d, false);
           }
-          counters_.sniffed(decider::Protocol::kUdp, static_cast<std::size_t>(r.outcome));
+          sniffed(key, r, 1, false);
           f = new_flow(client, dst, d.data, &r);
         } else {
           f = new_flow(client, dst, d.data, nullptr);
@@ -479,17 +479,22 @@ class UdpProxy::Worker final : public Reactor::Client {
     }
   }
 
-  // Decides a waiting flow (by its name, or without one) and sends what it holds.
-  void release(const FlowKey& key, sniff::Result r, bool timed_out) {
-    auto node = pending_.extract(key);
-    Pending& p = *node.mapped();
+  // Counts (and logs) what sniffing a flow's first `datagrams` gave.
+  void sniffed(const FlowKey& key, const sniff::Result& r, std::size_t datagrams, bool timed_out) {
     if (timed_out) counters_.add(decider::Protocol::kUdp, WorkerCounters::kSniffTimeouts);
     counters_.sniffed(decider::Protocol::kUdp, static_cast<std::size_t>(r.outcome));
     if (log::enabled(log::Level::kDebug)) {
       log::debug("udp ", key.client.to_string(), " -> ", key.destination.to_string(), ": sniffed quic ",
-                 sniff::to_string(r.outcome), r.name.empty() ? "" : " " + r.name, " after ", p.held.size(),
-                 " datagrams", timed_out ? " (timed out)" : "");
+                 sniff::to_string(r.outcome), r.name.empty() ? "" : " " + r.name, " after ", datagrams,
+                 datagrams == 1 ? " datagram" : " datagrams", timed_out ? " (timed out)" : "");
     }
+  }
+
+  // Decides a waiting flow (by its name, or without one) and sends what it holds.
+  void release(const FlowKey& key, sniff::Result r, bool timed_out) {
+    auto node = pending_.extract(key);
+    Pending& p = *node.mapped();
+    sniffed(key, r, p.held.size(), timed_out);
     Flow* f = new_flow(key.client, key.destination, p.held.front().data, &r);
     if (!f) return;  // dropped (max_sessions, no socket), as a flow's first datagram would be
     touch(flow_lru_, *f, now_);
