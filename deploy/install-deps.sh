@@ -20,6 +20,9 @@ PACKAGES=(
   openvpn wireguard-go wireguard-tools iptables util-linux
   # tests and benches
   python3 jq
+  # sniffing: real TLS servers and clients (openssl s_server, s_client, s_time; test
+  # certificates), and QUIC (ngtcp2's example server and client, GnuTLS builds)
+  openssl ngtcp2-client ngtcp2-server
   # lab-bench's DNS round: the load generator and the peer (PowerDNS's DNS proxy); the
   # package's service is not started
   dnsperf dnsdist
