@@ -2,7 +2,8 @@
 # lab.sh — builds and removes the splitd network-namespace lab (see README.md here).
 #
 #   lab.sh up [--vpn relay|openvpn|wireguard] [--vpn-default-route] [--tunnel tun|veth]
-#             [--owner PID] [--bin-dir DIR]
+#             [--tunnel-delay-ms N] [--owner PID] [--bin-dir DIR]
+#             (--tunnel-delay-ms: the TUN relay delays each packet N ms each way, 0..1000)
 #   lab.sh down ID
 #   lab.sh vpn-route ID on|off
 #   lab.sh vpn ID up|down
@@ -48,7 +49,7 @@ die() {
 note() { echo "lab.sh: $*" >&2; }
 
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -223,11 +224,11 @@ check_started() {
 # Run inside the host namespace by `up` (via declare -f): waits (bounded) until the
 # responder at ADDR answers TCP PORT and HTTP at URLHOST with greetings from SIDE.
 probe_server() {
-  local addr=$1 port=$2 urlhost=$3 side=$4 i line
+  local addr=$1 port=$2 urlhost=$3 side=$4 wait=${5:-1} i line  # wait: s per answer
   for ((i = 0; i < 100; i++)); do
-    if { exec 3<>"/dev/tcp/$addr/$port"; } 2>/dev/null && read -r -t 1 line <&3 &&
+    if { exec 3<>"/dev/tcp/$addr/$port"; } 2>/dev/null && read -r -t "$wait" line <&3 &&
       [[ $line == "$side "* ]] &&
-      [[ $(curl -sS --noproxy "*" --max-time 1 -g "http://$urlhost/" 2>/dev/null) == "$side "* ]]; then
+      [[ $(curl -sS --noproxy "*" --max-time "$wait" -g "http://$urlhost/" 2>/dev/null) == "$side "* ]]; then
       exec 3<&-
       return 0
     fi
@@ -385,7 +386,7 @@ on_up_exit() {
 
 NEED_RELAY=1
 cmd_up() {
-  local vpn_route=0 owner=$PPID bin_dir=${LAB_BIN_DIR:-} tunnel=tun vpn_kind=relay
+  local vpn_route=0 owner=$PPID bin_dir=${LAB_BIN_DIR:-} tunnel=tun vpn_kind=relay tunnel_delay=
   while (($#)); do
     case $1 in
       --vpn-default-route) vpn_route=1 ;;
@@ -397,6 +398,13 @@ cmd_up() {
       --tunnel)
         tunnel=${2:?--tunnel needs tun or veth}; shift
         [[ $tunnel == tun || $tunnel == veth ]] || die "up: --tunnel must be tun or veth, not '$tunnel'"
+        ;;
+      --tunnel-delay-ms)
+        tunnel_delay=${2:?--tunnel-delay-ms needs milliseconds}; shift
+        if [[ ! $tunnel_delay =~ ^[0-9]{1,4}$ ]] || ((10#$tunnel_delay > 1000)); then
+          die "up: --tunnel-delay-ms must be whole milliseconds 0..1000, not '$tunnel_delay'"
+        fi
+        tunnel_delay=$((10#$tunnel_delay))
         ;;
       --owner) owner=${2:?--owner needs a PID}; shift ;;
       --bin-dir) bin_dir=${2:?--bin-dir needs a directory}; shift ;;
@@ -411,6 +419,8 @@ cmd_up() {
     tunnel=$vpn_kind
   fi
   [[ $tunnel == tun ]] || NEED_RELAY=0
+  [[ -z $tunnel_delay ]] || ((NEED_RELAY)) ||
+    die "up: --tunnel-delay-ms is for the TUN relay lab (--tunnel tun), not $tunnel"
   if ((NEED_RELAY)) || [[ $vpn_kind != relay ]]; then
     [[ -c /dev/net/tun ]] || die "up: /dev/net/tun is missing (no TUN support)"
   fi
@@ -475,8 +485,10 @@ cmd_up() {
   local relay_pid=
   if [[ $tunnel == tun ]]; then
     # The relay creates tun0 in host and vpn; start it early and configure while it starts.
+    local relay_delay=()
+    [[ -z $tunnel_delay ]] || relay_delay=(--delay-ms "$tunnel_delay")
     setsid "$bin_dir/lab-tun-relay" --netns-a "/run/netns/$host" --name-a tun0 \
-      --netns-b "/run/netns/$vpn" --name-b tun0 --pidfile "$dir/relay.pid" \
+      --netns-b "/run/netns/$vpn" --name-b tun0 --pidfile "$dir/relay.pid" "${relay_delay[@]}" \
       </dev/null >>"$dir/relay.log" 2>&1 &
     relay_pid=$!
   elif [[ $tunnel == veth ]]; then
@@ -600,11 +612,13 @@ EOF
 
   # Prove every path works before handing the lab out: from host over the veth and over
   # the tunnel, v4 and v6, TCP and HTTP; and each side's DNS on both of its addresses.
+  # A delayed tunnel gets 1 s more per 250 ms of delay (curl's HTTP GET takes 2 RTTs).
+  local tunnel_wait=$((1 + (4 * ${tunnel_delay:-0} + 999) / 1000))
   ip netns exec "$host" bash -c "$(declare -f probe_server)
     probe_server $WAN_GW4 $TCP_PORT $WAN_GW4 wan &&
     probe_server $WAN_GW6 $TCP_PORT [$WAN_GW6] wan &&
-    probe_server $VPN_PEER4 $TCP_PORT $VPN_PEER4 vpn &&
-    probe_server $VPN_PEER6 $TCP_PORT [$VPN_PEER6] vpn" ||
+    probe_server $VPN_PEER4 $TCP_PORT $VPN_PEER4 vpn $tunnel_wait &&
+    probe_server $VPN_PEER6 $TCP_PORT [$VPN_PEER6] vpn $tunnel_wait" ||
     die "up: the lab's servers do not answer from $host (logs in $dir)"
   for side in wan vpn; do
     ns=$(ns_name "$id" "$side")

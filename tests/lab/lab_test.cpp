@@ -676,6 +676,15 @@ TEST(LabHelpers, RelayRejectsBadArguments) {
                    "--netns-b", "b", "--name-b", "tun0"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("invalid interface name"), std::string::npos) << r.err;
+  for (const char* bad : {"abc", "5000", "-1", "", "5ms"}) {
+    r = run_command({tun_relay_path(), "--netns-a", "a", "--name-a", "tun0", "--netns-b", "b",
+                     "--name-b", "tun0", "--delay-ms", bad});
+    EXPECT_EQ(r.exit_code, 2) << bad;
+    EXPECT_NE(r.err.find("invalid --delay-ms"), std::string::npos) << bad << ": " << r.err;
+  }
+  r = run_command({tun_relay_path(), "--netns-a", "a", "--name-a", "tun0", "--netns-b", "b",
+                   "--name-b", "tun0", "--delay-ms"});
+  EXPECT_EQ(r.exit_code, 2);
 }
 
 TEST(LabHelpers, ResponderRejectsBadArguments) {
