@@ -103,6 +103,16 @@ ask 'http://[2001:db8::10]/'
 ask 'http://[2001:db8:1::10]/'
 
 echo
+echo "== names from the flow itself: curl --resolve asks no DNS, so the HTTP Host header (the"
+echo "   TLS SNI, the QUIC Initial) names the server; 198.51.100.10 is not excluded by IP"
+sniffed() {
+  printf '  %-28s -> %s\n' "http://$1/" \
+    "$(in_host curl -s --max-time 5 --resolve "$1:80:198.51.100.10" "http://$1/")"
+}
+sniffed www.direct.lab.test
+sniffed www.tunnel.lab.test
+
+echo
 echo "== DNS is routed by name: the same server address answers from wan for a direct name,"
 echo "   from vpn for a tunnel name (side.*.lab.test TXT says which dnsmasq answered)"
 dig_short() { in_host dig +short +time=2 +tries=1 "$@" | tr '\n' ' '; }
