@@ -86,19 +86,6 @@ void reset_dns_counter(const lab::Lab& lab, const std::string& side) {
   add_dns_counter(lab, side);
 }
 
-std::string metrics(const lab::Lab& lab) {
-  return lab.exec(lab.host_ns(), "curl -s --max-time 5 --unix-socket '" + api_socket_path(lab) +
-                                     "' http://splitd/metrics").out;
-}
-// The value of one series of /metrics (0 when absent).
-double metric(const std::string& text, const std::string& series) {
-  std::size_t at = 0;
-  while ((at = text.find(series + " ", at)) != std::string::npos) {
-    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + series.size() + 1));
-    at += series.size();
-  }
-  return 0;
-}
 
 // Waits (5 s at most) until splitd's /metrics says the tunnel is down.
 bool wait_tunnel_down(const lab::Lab& lab) {

@@ -59,19 +59,6 @@ std::string trim(std::string s) {
   return s;
 }
 
-std::string metrics(const lab::Lab& lab) {
-  return lab.exec(lab.host_ns(), "curl -s --max-time 5 --unix-socket '" + api_socket_path(lab) +
-                                     "' http://splitd/metrics").out;
-}
-// The value of one series of /metrics (0 when absent).
-double metric(const std::string& text, const std::string& series) {
-  std::size_t at = 0;
-  while ((at = text.find(series + " ", at)) != std::string::npos) {
-    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + series.size() + 1));
-    at += series.size();
-  }
-  return 0;
-}
 std::string names_series(const std::string& protocol, const std::string& source) {
   return "splitd_flow_names_total{protocol=\"" + protocol + "\",source=\"" + source + "\"}";
 }

@@ -63,6 +63,20 @@ std::string curl(const lab::Lab& lab, const std::string& args) {
   return r.exit_code == 0 ? r.out : "curl exit " + std::to_string(r.exit_code) + ": " + r.err;
 }
 
+std::string metrics(const lab::Lab& lab, const std::string& name) {
+  return lab.exec(lab.host_ns(), "curl -s --max-time 5 --unix-socket '" + api_socket_path(lab, name) +
+                                     "' http://splitd/metrics").out;
+}
+
+double metric(const std::string& text, const std::string& series) {
+  std::size_t at = 0;
+  while ((at = text.find(series + " ", at)) != std::string::npos) {
+    if (at == 0 || text[at - 1] == '\n') return std::stod(text.substr(at + series.size() + 1));
+    at += series.size();
+  }
+  return 0;
+}
+
 std::unique_ptr<SplitdProcess> SplitdProcess::start(const lab::Lab& lab, const std::string& config,
                                                     const std::string& name) {
   const std::string conf_path = lab.state_dir() + "/" + name + ".toml";

@@ -62,6 +62,12 @@ inline bool starts_with(const std::string& s, const std::string& prefix) {
   return s.rfind(prefix, 0) == 0;
 }
 
+// GET /metrics from the API socket of the splitd named `name` in this lab ("" on failure).
+std::string metrics(const lab::Lab& lab, const std::string& name = "splitd");
+// The value of one series of a /metrics text, e.g. `splitd_sniff_total{protocol="tcp",...}`
+// (0 when absent).
+double metric(const std::string& text, const std::string& series);
+
 // The wan servers' networks: excluded (direct) in most tests, the rest goes through the tunnel.
 inline const std::vector<std::string> kExcludeWanServers = {"203.0.113.0/24", "2001:db8::/64"};
 
