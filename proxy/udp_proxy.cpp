@@ -47,13 +47,16 @@ constexpr int kListenerBuffer = 8 << 20;
 constexpr int kMappingBuffer = 4 << 20;
 // After sweeps that freed this many entries, give the memory back to the OS.
 constexpr std::size_t kTrimAfter = 1024;
-// QUIC flows waiting for their ClientHello: what one may hold, and how many may wait per
-// worker (beyond that, new flows are decided at once, by their IP). A ClientHello takes one
-// or two datagrams (Chrome's post-quantum one, two); these bounds leave room for reordering
-// and retransmits, and 4096 waiting flows hold at most 256 MiB in the worst case.
+// QUIC flows waiting for their ClientHello: what one may hold, how many may wait and how
+// much they may hold together per worker (beyond that, new flows are decided at once, by
+// their IP). A ClientHello takes one or two datagrams (Chrome's post-quantum one, two);
+// these bounds leave room for reordering and retransmits. Per worker, the held datagrams
+// take at most kMaxHeldTotal, and the sniffers' reassembly buffers (18 KiB each, once a
+// CRYPTO frame came) at most kMaxPending of those.
 constexpr std::size_t kMaxHeldDatagrams = 8;
 constexpr std::size_t kMaxHeldBytes = 64 * 1024;
-constexpr std::size_t kMaxPending = 4096;
+constexpr std::size_t kMaxHeldTotal = 8 * 1024 * 1024;
+constexpr std::size_t kMaxPending = 1024;
 
 // A client datagram that may start a QUIC connection: a long header with the fixed bit.
 bool may_be_quic(std::span<const std::uint8_t> d) { return d.size() >= 7 && (d[0] & 0xc0) == 0xc0; }
@@ -371,21 +374,26 @@ class UdpProxy::Worker final : public Reactor::Client {
       f = find_flow(key);
       if (!f) {
         if (!pending_.empty()) {
-          if (auto it = pending_.find(key); it != pending_.end()) return hold(key, *it->second, d);
+          if (auto it = pending_.find(key); it != pending_.end()) {
+            if (hold(key, *it->second, d)) return;
+            f = find_flow(key);  // decided to make room: this datagram goes the usual way
+          }
         }
-        if (may_be_quic(d.data) && proxy_.classifier_.should_sniff(dst)) {
+        if (!f && may_be_quic(d.data) && proxy_.classifier_.should_sniff(dst)) {
           auto p = std::make_unique<Pending>();
           sniff::Result r = feed(p->sniffer, d);
-          if (r.outcome == sniff::Outcome::kNeedMore && pending_.size() < kMaxPending) {
+          if (r.outcome == sniff::Outcome::kNeedMore && pending_.size() < kMaxPending &&
+              held_bytes_ + d.data.size() <= kMaxHeldTotal) {
             std::memcpy(&p->to, d.original_destination, sockaddr_len(*d.original_destination));
             p->deadline = now_ + proxy_.classifier_.sniff_timeout().count();
             pending_order_.emplace_back(p->deadline, key);
             Pending& held = *pending_.emplace(key, std::move(p)).first->second;
-            return hold(key, held, d, false);
+            hold(key, held, d, false);
+            return;
           }
           sniffed(key, r, 1, false);
           f = new_flow(client, dst, d.data, &r);
-        } else {
+        } else if (!f) {
           f = new_flow(client, dst, d.data, nullptr);
         }
       }
@@ -408,7 +416,14 @@ class UdpProxy::Worker final : public Reactor::Client {
       f = cached_flow_;
     } else {
       const Endpoint peer = endpoint_of(*d.from);
-      f = find_flow({client, peer});
+      const FlowKey key{client, peer};
+      f = find_flow(key);
+      if (!f && !pending_.empty() && pending_.count(key) != 0) {
+        // The peer answers before the client's flow to it was decided: decide it now (its
+        // held datagrams first, in order) rather than make a second flow of that key.
+        release(key, {}, false);
+        f = find_flow(key);
+      }
       if (!f) {
         // A peer the client never contacted (full cone): the flow takes the mapping's
         // route, so the client's answers leave through the address the peer knows.
@@ -459,13 +474,24 @@ class UdpProxy::Worker final : public Reactor::Client {
   }
 
   // Keeps a copy of `d` (already fed when !`fed`), and decides the flow when the sniffer
-  // has its answer or the flow holds as much as it may.
-  void hold(const FlowKey& key, Pending& p, const Datagram& d, bool fed = true) {
+  // has its answer or the flow holds as many datagrams as it may. A datagram that would
+  // take the flow or the worker over its byte bound is not held: the flow is decided
+  // first (false; the caller sends `d` on as any datagram of a decided flow).
+  bool hold(const FlowKey& key, Pending& p, const Datagram& d, bool fed = true) {
+    if (p.bytes + d.data.size() > kMaxHeldBytes || held_bytes_ + d.data.size() > kMaxHeldTotal) {
+      release(key, {}, false);
+      return false;
+    }
     const sniff::Result r = fed ? feed(p.sniffer, d) : sniff::Result{};
     p.held.push_back({{d.data.begin(), d.data.end()}, d.segment});
     p.bytes += d.data.size();
-    if (fed && r.outcome != sniff::Outcome::kNeedMore) return release(key, r, false);
-    if (p.held.size() >= kMaxHeldDatagrams || p.bytes >= kMaxHeldBytes) return release(key, {}, false);
+    held_bytes_ += d.data.size();
+    if (fed && r.outcome != sniff::Outcome::kNeedMore) {
+      release(key, r, false);
+    } else if (p.held.size() >= kMaxHeldDatagrams) {
+      release(key, {}, false);
+    }
+    return true;
   }
 
   void expire_pending() {
@@ -494,8 +520,12 @@ class UdpProxy::Worker final : public Reactor::Client {
   void release(const FlowKey& key, sniff::Result r, bool timed_out) {
     auto node = pending_.extract(key);
     Pending& p = *node.mapped();
+    held_bytes_ -= p.bytes;
     sniffed(key, r, p.held.size(), timed_out);
-    Flow* f = new_flow(key.client, key.destination, p.held.front().data, &r);
+    // The peer may have written to the client first meanwhile (full cone: from_peer made
+    // the flow, with its mapping's route): the held datagrams go that way.
+    Flow* f = find_flow(key);
+    if (!f) f = new_flow(key.client, key.destination, p.held.front().data, &r);
     if (!f) return;  // dropped (max_sessions, no socket), as a flow's first datagram would be
     touch(flow_lru_, *f, now_);
     f->session->last_activity_ms.store(now_, std::memory_order_relaxed);
@@ -537,17 +567,23 @@ class UdpProxy::Worker final : public Reactor::Client {
       proxy_.flows_.fetch_sub(1, std::memory_order_relaxed);
       return refuse(spec.client, spec.destination);
     }
-    auto f = std::make_unique<Flow>();
-    f->key = {spec.client, spec.destination};
+    // One flow per key: a second one would be freed by the map at once while the LRU list
+    // kept it (callers look first; this keeps it so).
+    auto [it, inserted] = flows_.try_emplace(FlowKey{spec.client, spec.destination});
+    if (!inserted) {
+      proxy_.flows_.fetch_sub(1, std::memory_order_relaxed);
+      return it->second.get();
+    }
+    it->second = std::make_unique<Flow>();
+    Flow* f = it->second.get();
+    f->key = it->first;
     f->mapping = m;
     f->last = now_;
     f->session = proxy_.sessions_.add(std::move(spec), counters_, owner_);
     if (m) ++m->flows;
-    flow_lru_.push_front(f.get());
+    flow_lru_.push_front(f);
     f->lru = flow_lru_.begin();
-    Flow* raw = f.get();
-    flows_.emplace(raw->key, std::move(f));
-    return raw;
+    return f;
   }
 
   // Kills are rare (an operator's request): a walk over the flows beats an index that
@@ -739,6 +775,7 @@ class UdpProxy::Worker final : public Reactor::Client {
     listeners_.clear();
     pending_.clear();  // their datagrams go nowhere: as if lost before the shutdown
     pending_order_.clear();
+    held_bytes_ = 0;
     while (!flow_lru_.empty()) evict_flow(*flow_lru_.back(), "shutdown");
     while (!mapping_lru_.empty()) evict_mapping(*mapping_lru_.back());
     while (!reply_lru_.empty()) evict_reply(*reply_lru_.back());
@@ -759,6 +796,7 @@ class UdpProxy::Worker final : public Reactor::Client {
   std::unordered_map<Endpoint, std::unique_ptr<Reply>, Hasher> replies_;
   std::unordered_map<FlowKey, std::unique_ptr<Pending>, Hasher> pending_;
   std::deque<std::pair<std::int64_t, FlowKey>> pending_order_;  // by deadline (one timeout for all)
+  std::size_t held_bytes_ = 0;  // of all pending flows
   std::vector<std::unique_ptr<Mapping>> dead_mappings_;  // evicted, freed after the turn
   std::list<Flow*> flow_lru_;  // most recently used first
   std::list<Mapping*> mapping_lru_;
