@@ -495,6 +495,7 @@ Expected<Config, Diagnostics> parse(std::string_view text, std::string_view file
                                           {"off", decider::SniffMode::kOff}})},
       {"sniff_ports", p.ports(c.dns.sniff_ports, 64)},
       {"sniff_timeout", p.duration(c.dns.sniff_timeout, 10ms, std::chrono::seconds(10))},
+      {"ech_public_names", p.list<std::string>(c.dns.ech_public_names, domain_pattern)},
   };
   p.table(parsed.table(), "",
           {{"daemon", [&](const toml::node& n, const std::string& k) { p.section(n, k, daemon); }},
@@ -668,6 +669,7 @@ const KeyRule kKeys[] = {
     SPLITD_KEY("dns.sniff", kRestart, dns.sniff),
     SPLITD_KEY("dns.sniff_ports", kRestart, dns.sniff_ports),
     SPLITD_KEY("dns.sniff_timeout", kRestart, dns.sniff_timeout),
+    SPLITD_KEY("dns.ech_public_names", kRestart, dns.ech_public_names),
 };
 
 #undef SPLITD_KEY

@@ -96,6 +96,10 @@ struct DnsSection {
   decider::SniffMode sniff = decider::SniffMode::kUnknown;
   std::vector<std::uint16_t> sniff_ports = {80, 443};  // TCP (TLS, HTTP) and UDP (QUIC)
   Duration sniff_timeout = std::chrono::milliseconds(300);  // the longest a flow waits for its first bytes
+  // The public names of ECH providers: an Encrypted Client Hello whose outer SNI is one of
+  // these names no real server; any other outer SNI of a hello with the ECH extension is
+  // the real name (browsers send a GREASE ECH extension when they have no ECH config).
+  std::vector<std::string> ech_public_names = {"cloudflare-ech.com"};
   friend bool operator==(const DnsSection&, const DnsSection&) = default;
 };
 

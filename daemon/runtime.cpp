@@ -277,6 +277,7 @@ int Runtime::start() {
   sniff.mode = cfg_.dns.sniff;
   sniff.ports = cfg_.dns.sniff_ports;
   sniff.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg_.dns.sniff_timeout);
+  sniff.ech_public_names = cfg_.dns.ech_public_names;
   classifier_->set_sniff(sniff);
   if (sniff.mode != decider::SniffMode::kOff && !sniff.ports.empty()) {
     std::string ports;

@@ -29,10 +29,21 @@ SessionSpec Classifier::classify(const FlowFacts& flow) const {
       info.sniffed_name = r.name;
       info.sniffed_from = sniff::to_string(r.source);
     } else if (r.outcome == sniff::Outcome::kEch) {
-      // The outer SNI of an Encrypted Client Hello is the provider's public name (e.g.
+      // The outer SNI of a real Encrypted Client Hello is the provider's public name (e.g.
       // cloudflare-ech.com), shared by every site behind it: routing by it would send them
-      // all one way. The IP rules decide.
-      info.sniff_note = r.name.empty() ? "ECH, no name to route by" : "ECH: outer SNI " + r.name + " not used";
+      // all one way, so the IP rules decide. But Chrome and Firefox send an ECH extension
+      // (GREASE, random bytes) in every hello for which they have no ECH config, and its
+      // outer SNI is the real name: the two look alike on the wire, so the known public
+      // names tell them apart.
+      if (r.name.empty()) {
+        info.sniff_note = "ECH, no name to route by";
+      } else if (ech_public_.match(r.name) != nullptr) {
+        info.sniff_note = "ECH: outer SNI " + r.name + " is a provider's public name, not used";
+      } else {
+        info.sniffed_name = r.name;
+        info.sniffed_from = sniff::to_string(r.source);
+        info.sniff_note = "ECH extension, outer SNI not a known public name (GREASE)";
+      }
     }
   }
   SessionSpec spec;
@@ -83,6 +94,8 @@ void Classifier::set_sniff(const SniffOptions& options) {
   sniff_ = options;
   sniff_ports_.reset();
   for (std::uint16_t p : options.ports) sniff_ports_.set(p);
+  ech_public_ = decider::DomainMatcher();
+  for (const std::string& n : options.ech_public_names) ech_public_.add(n);
 }
 
 bool Classifier::should_sniff(const Endpoint& destination) const {

@@ -28,6 +28,8 @@ struct SniffOptions {
   decider::SniffMode mode = decider::SniffMode::kUnknown;
   std::vector<std::uint16_t> ports = {80, 443};
   std::chrono::milliseconds timeout{300};
+  // dns.ech_public_names: the outer SNI of a real Encrypted Client Hello (see classify()).
+  std::vector<std::string> ech_public_names = {"cloudflare-ech.com"};
 };
 
 // The one place a new flow is classified, for both proxies: who sent it (the app, once
@@ -59,6 +61,7 @@ class Classifier {
  private:
   SniffOptions sniff_;
   std::bitset<65536> sniff_ports_;
+  decider::DomainMatcher ech_public_;
   const decider::RuleDecider& decider_;
   const decider::IpNames* names_;
   const decider::Identifier* identifier_;

@@ -33,6 +33,7 @@ TEST(Config, DefaultsMatchSpec) {
   EXPECT_EQ(c.dns.sniff, decider::SniffMode::kUnknown);
   EXPECT_EQ(c.dns.sniff_ports, (std::vector<std::uint16_t>{80, 443}));
   EXPECT_EQ(c.dns.sniff_timeout, 300ms);
+  EXPECT_EQ(c.dns.ech_public_names, (std::vector<std::string>{"cloudflare-ech.com"}));
   auto empty = parse("", "empty.toml");
   ASSERT_TRUE(empty.has_value());
   EXPECT_EQ(empty->proxy.port, 15001);
@@ -82,6 +83,7 @@ threads = 2
 sniff = "always"
 sniff_ports = [443, 8443]
 sniff_timeout = "1s"
+ech_public_names = ["cloudflare-ech.com", "*.Ech.Example."]
 )", "full.toml");
   ASSERT_TRUE(c.has_value()) << c.error().front().to_string();
   EXPECT_EQ(c->daemon.log_level, log::Level::kDebug);
@@ -110,6 +112,7 @@ sniff_timeout = "1s"
   EXPECT_EQ(c->dns.sniff, decider::SniffMode::kAlways);
   EXPECT_EQ(c->dns.sniff_ports, (std::vector<std::uint16_t>{443, 8443}));
   EXPECT_EQ(c->dns.sniff_timeout, 1s);
+  EXPECT_EQ(c->dns.ech_public_names, (std::vector<std::string>{"cloudflare-ech.com", "*.ech.example"}));
   auto off = parse("[dns]\nsniff = \"off\"\nsniff_ports = []\n", "off.toml");
   ASSERT_TRUE(off.has_value());
   EXPECT_EQ(off->dns.sniff, decider::SniffMode::kOff);
@@ -179,6 +182,7 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"[dns]\nsniff_ports = [\"443\"]\n", 2, 16, "dns.sniff_ports[0]: expected a port (an integer from 1 to 65535), got a string"},
         Bad{"[dns]\nsniff_ports = 443\n", 2, 15, "dns.sniff_ports: expected an array of ports (1 to 65535), got an integer"},
         Bad{"[dns]\nsniff_timeout = \"5ms\"\n", 2, 17, "dns.sniff_timeout: 5ms is out of range (10ms to 10s)"},
+        Bad{"[dns]\nech_public_names = [\"a..b\"]\n", 2, 21, "dns.ech_public_names[0]: 'a..b' has an empty or overlong label"},
         Bad{"proxy = 5\n", 1, 9, "'proxy' must be a table ([proxy]), got an integer"},
         Bad{"[[split.apps]]\ncomm = \"slack\"\n", 1, 1, "split.apps[0]: 'name' is required"},
         Bad{"[[split.apps]]\nname = \"x\"\n", 1, 1, "split.apps[0]: give at least one of 'cgroup', 'comm', 'path', 'unit', 'app_id', 'user'"},

@@ -105,12 +105,30 @@ TEST(Classifier, ASniffedNameDecidesAndIsListedWithItsSource) {
 
 TEST(Classifier, EchAndNoNameFallBackToTheIpRules) {
   Fixture fx;
+  // A real Encrypted Client Hello: its outer SNI is a provider's public name.
   sniff::Result r{sniff::Outcome::kEch, sniff::Source::kSni, "cloudflare-ech.com"};
   SessionSpec s = fx.classifier.classify(tcp_to("192.0.2.1", 443, &r));
   EXPECT_EQ(s.route.kind, decider::RouteKind::kDirect);
-  EXPECT_EQ(s.route.rule, "ip 192.0.2.0/24; ECH: outer SNI cloudflare-ech.com not used");
+  EXPECT_EQ(s.route.rule, "ip 192.0.2.0/24; ECH: outer SNI cloudflare-ech.com is a provider's public name, not used");
   EXPECT_EQ(s.domain, "");  // the public name is not the flow's name
   EXPECT_EQ(s.domain_source, sniff::Source::kNone);
+  // Configured public names, a wildcard among them.
+  SniffOptions o;
+  o.ech_public_names = {"*.ech.example", "public.example"};
+  fx.classifier.set_sniff(o);
+  r = {sniff::Outcome::kEch, sniff::Source::kQuic, "www.direct.ech.example"};
+  s = fx.classifier.classify(tcp_to("198.51.100.7", 443, &r));
+  EXPECT_EQ(s.route.rule, "default; ECH: outer SNI www.direct.ech.example is a provider's public name, not used");
+  // Any other outer SNI with the ECH extension: browsers' GREASE, the real name.
+  r = {sniff::Outcome::kEch, sniff::Source::kSni, "www.direct.example"};
+  s = fx.classifier.classify(tcp_to("198.51.100.7", 443, &r));
+  EXPECT_EQ(s.route.kind, decider::RouteKind::kDirect);
+  EXPECT_EQ(s.route.rule,
+            "domain *.direct.example (www.direct.example, sni); ECH extension, outer SNI not a known public name (GREASE)");
+  EXPECT_EQ(s.domain, "www.direct.example");
+  EXPECT_EQ(s.domain_source, sniff::Source::kSni);
+  r = {sniff::Outcome::kEch, sniff::Source::kSni, ""};
+  EXPECT_EQ(fx.classifier.classify(tcp_to("198.51.100.7", 443, &r)).route.rule, "default; ECH, no name to route by");
   for (auto o : {sniff::Outcome::kNoName, sniff::Outcome::kNotThis, sniff::Outcome::kMalformed,
                  sniff::Outcome::kNeedMore}) {
     r = {o, sniff::Source::kSni, ""};
