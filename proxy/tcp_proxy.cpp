@@ -664,7 +664,8 @@ class TcpProxy::Worker final : public Reactor::Client {
   Reactor& reactor_;
   std::vector<Fd> listeners_;
   FlowList sniffing_, connecting_, open_;
-  // The peek buffer of sniffing: a ClientHello at its bound in small records fits.
+  // The peek buffer of sniffing: a ClientHello at its bound fits in records of 20 bytes of
+  // payload or more (smaller ones fill it first: the safety net in sniff() gives up).
   std::array<std::uint8_t, sniff::kMaxClientHello + 4096> peek_;
   std::vector<std::pair<Flow*, int>> more_, more_batch_;  // directions with more to read
   std::vector<Flow*> dead_;

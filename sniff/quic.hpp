@@ -34,7 +34,7 @@ bool derive_client_initial_keys(std::uint32_t version, std::span<const std::uint
 // when the first datagram is not a QUIC v1/v2 Initial of at least 1200 bytes (RFC 9000
 // §14.1); kNeedMore while the ClientHello is incomplete; then the ClientHello's outcome
 // (kName, kNoName, kEch, kMalformed) with source kQuic; kMalformed on a broken packet,
-// a frame other than PADDING, PING, ACK, CRYPTO and CONNECTION_CLOSE, or CRYPTO data
+// a CONNECTION_CLOSE or a frame other than PADDING, PING, ACK and CRYPTO, or CRYPTO data
 // beyond kMaxClientHello. A final result repeats on later calls. One per flow; not
 // thread-safe. Holds at most kMaxClientHello bytes.
 class QuicSniffer {

@@ -222,7 +222,8 @@ Result sniff_tls(std::span<const std::uint8_t> stream) {
     const Result bad = first ? not_this() : malformed();
     if (avail >= 1 && h[0] != kContentHandshake) return bad;
     if (avail >= 2 && h[1] != 3) return bad;
-    if (avail >= 3 && (h[2] < 1 || h[2] > 4)) return bad;  // TLS 1.0-1.3; SSL 3 is not served
+    // Any {03,XX} up to TLS 1.3: RFC 5246 E.1 lets a client put {03,00} on its first record.
+    if (avail >= 3 && h[2] > 4) return bad;
     if (avail < kRecordHeader) {
       return make(Outcome::kNeedMore, first && avail < 3 ? Source::kNone : Source::kSni);
     }

@@ -509,7 +509,6 @@ TEST(SniffTls, NotTlsIsLetGo) {
       bytes_of("GET / HTTP/1.1\r\n"),
       bytes_of("SSH-2.0-OpenSSH_9.2\r\n"),
       {0x16, 0x02},                    // not major version 3
-      {0x16, 0x03, 0x00, 0x00, 0x10},  // SSL 3.0
       {0x16, 0x03, 0x05},              // no such TLS
       {0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28},  // an alert first
       {0x17, 0x03, 0x03, 0x00, 0x01, 0x00},        // application data first
@@ -522,6 +521,10 @@ TEST(SniffTls, NotTlsIsLetGo) {
     EXPECT_EQ(r.source, Source::kNone);
   }
   EXPECT_EQ(parse_client_hello(Bytes{2, 0, 0, 0}).outcome, Outcome::kNotThis);
+  // A first record of version {03,00} may carry a TLS hello (RFC 5246 E.1): it is read.
+  const Result r = sniff_tls(records_of(handshake_of(from_hex(kOpensslSni)), 16384, 0x0300));
+  EXPECT_EQ(r.outcome, Outcome::kName);
+  EXPECT_EQ(r.name, "www.example.com");
   // The message type is checked even when it comes alone in a record of one byte.
   EXPECT_EQ(sniff_tls(Bytes{0x16, 0x03, 0x01, 0x00, 0x01, 0x02}).outcome, Outcome::kNotThis);
 }
@@ -531,7 +534,7 @@ TEST(SniffTls, OtherRecordsBeforeTheHelloEndsAreMalformed) {
   const Bytes first = records_of(Bytes(handshake.begin(), handshake.begin() + 100), 100);
   const Bytes rest = records_of(Bytes(handshake.begin() + 100, handshake.end()), 16384);
   for (const Bytes& middle : {Bytes{21, 3, 3, 0, 2, 2, 40}, Bytes{23, 3, 3, 0, 1, 0},
-                              Bytes{20, 3, 3, 0, 1, 1}, Bytes{22, 3, 0, 0, 1, 0}}) {
+                              Bytes{20, 3, 3, 0, 1, 1}, Bytes{22, 3, 5, 0, 1, 0}}) {
     Bytes stream = first;
     stream.insert(stream.end(), middle.begin(), middle.end());
     stream.insert(stream.end(), rest.begin(), rest.end());
